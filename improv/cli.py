@@ -1,0 +1,65 @@
+"""The `improv` command: one entry point, one module per subcommand.
+
+Each subcommand lives in the module that owns its concept and exposes
+``main(argv) -> int`` with its own argument parser, so ``python -m improv.data``
+and ``improv data`` are the same program. Modules are imported only when their
+command runs, which keeps torch out of ``improv jam``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line help). The module's main() parses the rest.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("improv.demo", "the whole loop with no hardware: a call in, a response out"),
+    "jam": ("improv.jam", "play live: call and response with your keyboard"),
+    "ports": ("improv.ports", "list MIDI inputs and outputs"),
+    "presets": ("improv.presets", "list style presets"),
+    "recover": ("improv.recording", "turn a partial session recording into a playable .mid"),
+    "data": ("improv.data", "build the token corpus (music21 corpus and your own .mid files)"),
+    "train": ("improv.train", "train or fine-tune a model"),
+    "export": ("improv.export", "export a trained model to ONNX"),
+    "eval": ("improv.evaluate", "evaluate a model against the n-gram baseline"),
+    "bench": ("improv.benchmark", "run the latency benchmarks"),
+}
+
+
+def usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: improv COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'improv COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"improv: unknown command '{name}'. Run 'improv --help' for the list.", file=sys.stderr)
+        return 2
+    module_name = COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in ("torch", "music21", "onnx", "safetensors"):
+            print(
+                f"improv {name}: needs the training extras ({e.name} is missing). "
+                "Install them with: pip install -e '.[train]'",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+    prog = f"improv {name}"
+    if name == "recover":
+        return int(module.recover_main(rest, prog=prog) or 0)
+    return int(module.main(rest, prog=prog) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

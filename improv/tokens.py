@@ -465,11 +465,14 @@ def encode_events(
     style: int | None = None,
     meters: Iterable[tuple[int, int, int]] = (),
     end_tick: int | None = None,
+    turns: Iterable[int] = (),
 ) -> list[int]:
     """Tokens for a whole event list, through the streaming encoder.
 
     ``meters`` holds ``(tick, numerator, denominator)``; ``end_tick`` (if given)
-    closes sounding notes there and pads the stream to that tick.
+    closes sounding notes there and pads the stream to that tick. ``turns``
+    holds ticks where a TURN marker goes, after the events of that tick (as
+    live, where the turn is noticed only after the player's last note).
     """
     enc = StreamEncoder()
     meters = sorted(meters)
@@ -481,8 +484,13 @@ def encode_events(
     for tick, num, den in meters:
         enc.set_meter(tick, num, den)
     out = enc.start(style)
+    pending_turns = sorted(turns, reverse=True)
     for ev in sorted(events, key=sort_key):
+        while pending_turns and pending_turns[-1] < ev.tick:
+            out += enc.turn(max(pending_turns.pop(), enc.tick))
         out += enc.event(ev)
+    while pending_turns:
+        out += enc.turn(max(pending_turns.pop(), enc.tick))
     if end_tick is not None:
         out += enc.close(max(end_tick, enc.tick))
     return out

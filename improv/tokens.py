@@ -309,8 +309,9 @@ class StreamEncoder:
             _, self.meter = self._pending_meters.pop(0)
             while self._pending_meters and self._pending_meters[0][0] == self.tick:
                 _, self.meter = self._pending_meters.pop(0)
+            # A meter set live at a line already marked must not mark it twice.
+            self.bar_emitted = self.bar_emitted and self.bar_start == self.tick
             self.bar_start = self.tick
-            self.bar_emitted = False
         elif self.tick == self.bar_start + self.meter.bar_ticks:
             self.bar_start = self.tick
             self.bar_emitted = False
@@ -471,8 +472,9 @@ def encode_events(
 
     ``meters`` holds ``(tick, numerator, denominator)``; ``end_tick`` (if given)
     closes sounding notes there and pads the stream to that tick. ``turns``
-    holds ticks where a TURN marker goes, after the events of that tick (as
-    live, where the turn is noticed only after the player's last note).
+    holds ticks where a TURN marker goes, after the note-offs of that tick
+    and before its note-ons (as live: the player's last note ends, then the
+    other player answers).
     """
     enc = StreamEncoder()
     meters = sorted(meters)
@@ -486,7 +488,11 @@ def encode_events(
     out = enc.start(style)
     pending_turns = sorted(turns, reverse=True)
     for ev in sorted(events, key=sort_key):
-        while pending_turns and pending_turns[-1] < ev.tick:
+        # A turn at tick t follows t's note-offs (the player's last note ends) but
+        # precedes t's note-ons, which belong to the one who answers.
+        while pending_turns and (
+            pending_turns[-1] < ev.tick or (pending_turns[-1] == ev.tick and ev.velocity > 0)
+        ):
             out += enc.turn(max(pending_turns.pop(), enc.tick))
         out += enc.event(ev)
     while pending_turns:

@@ -1,0 +1,787 @@
+"""The training corpus: music21's corpus and the user's own .mid files as token pieces.
+
+This module owns the corpus builder (``improv data``), the on-disk dataset
+format and the batch sampler the trainer draws from.
+
+A piece is one tune or movement: its tokens start with its STYLE token, then
+the file encoder's stream (``tokens.encode_events``) with TURN markers at
+phrase boundaries, so the model learns where one player hands over.
+
+On disk (``corpus_dir``)::
+
+    {train,val}_tokens.npy   uint16, all pieces concatenated
+    {train,val}_index.npz    starts (int64, n+1 boundaries), styles (int16, n)
+    {train,val}_names.json   piece ids, e.g. "bach/bwv66.6", "essenFolksong/han1#12"
+    summary.json             per-style counts, skipped files, style slots, build time
+    cache/                   one file per source file, so a re-run skips finished work
+
+Transposition is augmentation at sample time (``sample_batch``), not stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from improv import tokens as tk
+from improv.tokens import Note
+
+BUILDER_VERSION = 1
+TICKS = tk.TICKS_PER_QUARTER
+DEFAULT_VELOCITY = 80
+VAL_FRACTION = 0.05
+MIN_VAL_PER_STYLE = 3
+FILE_TIMEOUT_S = 900
+
+# Top-level folder of music21's corpus -> style. Folders not listed are left out:
+# analyses, exercises, demos, lead sheets and the two atonal composers.
+SOURCE_STYLES: dict[str, str] = {
+    "bach": "chorale",
+    **dict.fromkeys(
+        ["palestrina", "monteverdi", "josquin", "trecento", "ciconia", "luca", "lusitano"],
+        "renaissance",
+    ),
+    **dict.fromkeys(["ryansMammoth", "oneills1850", "airdsAirs", "nottingham-dataset"], "celtic"),
+    **dict.fromkeys(["essenFolksong", "miscFolk"], "folk"),
+    **dict.fromkeys(
+        [
+            "beethoven",
+            "haydn",
+            "mozart",
+            "schumann_robert",
+            "schumann_clara",
+            "schubert",
+            "chopin",
+            "corelli",
+            "cpebach",
+            "handel",
+            "verdi",
+            "weber",
+            "beach",
+            "joplin",
+        ],
+        "classical",
+    ),
+}
+# ABC files where each X: tune is one voice of the same piece, not a separate tune.
+VOICES_AS_TUNES = {"josquin"}
+SKIP_SUFFIXES = {".rntxt"}  # Roman-numeral analyses, not music
+
+
+class DataError(Exception):
+    """Bad input to the corpus builder; the message says what to do."""
+
+
+# --- dataset on disk ---------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    tokens: np.ndarray  # uint16, all pieces concatenated; each piece starts with its STYLE token
+    starts: np.ndarray  # int64 [n_pieces + 1] piece boundaries into tokens
+    styles: np.ndarray  # int16 [n_pieces] style index
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def piece(self, i: int) -> np.ndarray:
+        return self.tokens[self.starts[i] : self.starts[i + 1]]
+
+
+def default_corpus_dir() -> Path:
+    env = os.environ.get("IMPROV_CORPUS")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "improv" / "corpus"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def write_split(corpus_dir, split: str, pieces: list[tuple[str, int, list[int]]]) -> None:
+    """Write pieces ``(name, style index, tokens starting with the STYLE token)``."""
+    d = Path(corpus_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    lengths = [len(t) for _, _, t in pieces]
+    starts = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    toks = np.empty(int(starts[-1]), dtype=np.uint16)
+    for (name, style, t), a, b in zip(pieces, starts[:-1], starts[1:], strict=True):
+        if not t or t[0] != tk.style_token(style):
+            raise ValueError(f"piece {name!r} does not start with its STYLE token")
+        toks[a:b] = t
+    styles = np.array([s for _, s, _ in pieces], dtype=np.int16)
+    _atomic_write(d / f"{split}_tokens.npy", lambda f: np.save(f, toks))
+    _atomic_write(d / f"{split}_index.npz", lambda f: np.savez(f, starts=starts, styles=styles))
+    names = json.dumps([n for n, _, _ in pieces]).encode()
+    _atomic_write(d / f"{split}_names.json", lambda f: f.write(names))
+
+
+def load_split(corpus_dir: Path | str, split: str) -> Split:
+    d = Path(corpus_dir)
+    path = d / f"{split}_tokens.npy"
+    if not path.exists():
+        raise DataError(
+            f"no {split} split in {d}; build the corpus first with: improv data --out {d}"
+        )
+    toks = np.load(path)
+    with np.load(d / f"{split}_index.npz") as z:
+        starts, styles = z["starts"].astype(np.int64), z["styles"].astype(np.int16)
+    names = json.loads((d / f"{split}_names.json").read_text())
+    return Split(toks, starts, styles, names)
+
+
+# --- sampling ----------------------------------------------------------------------------
+
+
+def transpose_tokens(tokens: np.ndarray, semitones: int) -> np.ndarray | None:
+    """Tokens with every note moved by ``semitones``; None if a note leaves 21..108."""
+    t = np.asarray(tokens)
+    if semitones == 0:
+        return t.copy()
+    out = t.astype(np.int64)
+    for base in (tk.NOTE_ON_BASE, tk.NOTE_OFF_BASE):
+        mask = (out >= base) & (out < base + tk.N_PITCHES)
+        moved = out[mask] + semitones
+        if moved.size and (moved.min() < base or moved.max() >= base + tk.N_PITCHES):
+            return None
+        out[mask] = moved
+    return out.astype(t.dtype)
+
+
+def sample_batch(
+    split: Split,
+    batch_size: int,
+    context: int,
+    rng: np.random.Generator,
+    transpose: bool = True,
+    max_shift: int = 6,
+) -> np.ndarray:
+    """Rows ``[STYLE] + crop`` of ``context`` tokens, pieces weighted by length, PAD-filled."""
+    lengths = np.diff(split.starts) - 1  # tokens after the STYLE token
+    if len(lengths) == 0 or lengths.sum() <= 0:
+        raise DataError("the split has no tokens; rebuild the corpus with: improv data")
+    p = lengths / lengths.sum()
+    out = np.full((batch_size, context + 1), tk.PAD, dtype=np.int64)
+    for row, i in enumerate(rng.choice(len(lengths), size=batch_size, p=p)):
+        a = int(split.starts[i])
+        body = split.tokens[a + 1 : a + 1 + int(lengths[i])]
+        start = int(rng.integers(0, max(0, len(body) - context) + 1))
+        crop = body[start : start + context]
+        if transpose and max_shift > 0:
+            for _ in range(4):
+                moved = transpose_tokens(crop, int(rng.integers(-max_shift, max_shift + 1)))
+                if moved is not None:
+                    crop = moved
+                    break
+        out[row, 0] = split.tokens[a]
+        out[row, 1 : 1 + len(crop)] = crop
+    return out
+
+
+def augmentation_factor(split: Split, max_shift: int = 6) -> float:
+    """Mean number of transpositions in [-max_shift, max_shift] each piece admits."""
+    if not len(split):
+        return 0.0
+    counts = []
+    for i in range(len(split)):
+        body = split.piece(i)[1:].astype(np.int64)
+        on = body[(body >= tk.NOTE_ON_BASE) & (body < tk.NOTE_OFF_BASE)] - tk.NOTE_ON_BASE
+        if on.size == 0:
+            counts.append(1)
+            continue
+        lo, hi = int(on.min()), int(on.max())
+        down = min(max_shift, lo)
+        up = min(max_shift, tk.N_PITCHES - 1 - hi)
+        counts.append(down + up + 1)
+    return float(np.mean(counts))
+
+
+# --- music21 -> notes --------------------------------------------------------------------
+
+
+def _ticks(quarters) -> int:
+    return int(round(float(quarters) * TICKS))
+
+
+def _velocity(obj) -> int:
+    vol = getattr(obj, "volume", None)
+    v = getattr(vol, "velocity", None) if vol is not None else None
+    return int(v) if v else DEFAULT_VELOCITY
+
+
+def score_from_music21(m21) -> tuple:
+    """An ``improv.midifile.Score`` for one music21 Score (or Part); returns (score, stats)."""
+    from music21 import harmony, meter, note, tempo
+
+    from improv.midifile import Score
+
+    s = m21.stripTies(inPlace=False)
+    flat = s.flatten()
+    notes: list[Note] = []
+    grace = unpitched = 0
+    for el in flat.notes:
+        if isinstance(el, harmony.Harmony):
+            continue  # chord symbols are annotations, not sounding notes
+        if isinstance(el, note.Unpitched) or not hasattr(el, "pitches"):
+            unpitched += 1
+            continue
+        ql = float(el.duration.quarterLength)
+        if ql <= 0 or el.duration.isGrace:
+            grace += 1
+            continue
+        off = float(el.offset)
+        start, end = _ticks(off), _ticks(off + ql)
+        end = max(end, start + 1)
+        vel = _velocity(el)
+        for p in el.pitches:
+            notes.append(Note(start, end, int(round(p.ps)), vel))
+    notes = _merge_unisons(notes)
+    meters = _meters(s, flat, meter)
+    tempos = []
+    for mm in flat.getElementsByClass(tempo.MetronomeMark):
+        bpm = mm.getQuarterBPM()
+        if bpm:
+            tempos.append((_ticks(mm.offset), int(round(60_000_000 / bpm))))
+    tempos = sorted(dict(tempos).items()) or [(0, 500_000)]
+    if tempos[0][0] != 0:
+        tempos.insert(0, (0, tempos[0][1]))
+    end_tick = max([n.end for n in notes] + [_ticks(s.highestTime)])
+    score = Score(notes=notes, tempos=tempos, meters=meters, end_tick=end_tick)
+    return score, {"grace": grace, "unpitched": unpitched}
+
+
+def _merge_unisons(notes: list[Note]) -> list[Note]:
+    """One note per (onset, pitch): voices in unison are one key on a keyboard.
+
+    Without this every unison would encode as NOTE_ON, NOTE_OFF, NOTE_ON.
+    """
+    best: dict[tuple[int, int], Note] = {}
+    for n in notes:
+        k = (n.start, n.pitch)
+        if k not in best or n.end > best[k].end:
+            best[k] = n
+    return sorted(best.values())
+
+
+def _meters(s, flat, meter_mod) -> list[tuple[int, int, int]]:
+    """Meter changes, plus a restart wherever a measure begins off the bar grid.
+
+    A pickup bar or a short bar before a repeat would otherwise shift every
+    later BAR token; re-stating the meter at the measure start re-anchors it.
+    """
+    out: dict[int, tuple[int, int]] = {}
+    for ts in flat.getElementsByClass(meter_mod.TimeSignature):
+        out.setdefault(_ticks(ts.offset), (ts.numerator, ts.denominator))
+    parts = list(getattr(s, "parts", [])) or [s]
+    measures = list(parts[0].getElementsByClass("Measure"))
+    if measures:
+        cur = out.get(0, (4, 4))
+        line, bar = 0, tk.Meter(*cur).bar_ticks
+        for m in measures:
+            t = _ticks(m.offset)
+            if t in out:
+                cur = out[t]
+                line, bar = t, tk.Meter(*cur).bar_ticks
+                continue
+            while line + bar < t:  # measures may be missing (empty) in the part
+                line += bar
+            if t != line and t != line + bar:
+                out[t] = cur
+                line = t
+            elif t == line + bar:
+                line = t
+    if 0 not in out:
+        out[0] = (4, 4)
+    return [(t, n, d) for t, (n, d) in sorted(out.items())]
+
+
+# --- notes -> tokens, with turns ---------------------------------------------------------
+
+
+def phrase_bars_for(name: str) -> int:
+    return 2 if hashlib.sha1(name.encode()).digest()[0] % 2 == 0 else 4
+
+
+def bar_lines(meters: list[tuple[int, int, int]], end_tick: int) -> list[int]:
+    """Bar line ticks up to ``end_tick``, as the stream encoder draws them."""
+    ms = sorted(meters) or [(0, 4, 4)]
+    lines = []
+    for i, (t, n, d) in enumerate(ms):
+        stop = ms[i + 1][0] if i + 1 < len(ms) else end_tick + 1
+        bar = tk.Meter(max(1, n), max(1, d)).bar_ticks or tk.Meter().bar_ticks
+        line = t
+        while line < stop and line <= end_tick:
+            if not lines or line > lines[-1]:
+                lines.append(line)
+            line += bar
+    return lines
+
+
+def turn_ticks(notes: list[Note], meters, end_tick: int, phrase_bars: int) -> list[int]:
+    """TURN ticks: every ``phrase_bars`` bars, at the latest note-off at or before the line,
+    where no note sounds across the line. A short first bar (pickup) is not counted."""
+    if not notes:
+        return []
+    lines = bar_lines(meters, end_tick)
+    m0 = sorted(meters)[0] if meters else (0, 4, 4)
+    first = 1 if len(lines) > 1 and lines[1] - lines[0] < tk.Meter(m0[1], m0[2]).bar_ticks else 0
+    starts = np.array([n.start for n in notes])
+    ends = np.array([n.end for n in notes])
+    last_onset = int(starts.max())
+    out: list[int] = []
+    for j in range(first + phrase_bars, len(lines), phrase_bars):
+        line = lines[j]
+        if line > last_onset:
+            break  # nothing follows: the piece simply ends
+        if np.any((starts < line) & (ends > line)):
+            continue
+        done = ends[ends <= line]
+        if done.size == 0:
+            continue
+        t = int(done.max())
+        if out and t <= out[-1]:
+            continue
+        out.append(t)
+    return out
+
+
+def encode_piece(score, style: int, name: str) -> list[int]:
+    turns = turn_ticks(score.notes, score.meters, score.end_tick, phrase_bars_for(name))
+    return tk.encode_events(
+        tk.notes_to_events(score.notes),
+        style=style,
+        meters=score.meters,
+        end_tick=score.end_tick,
+        turns=turns,
+    )
+
+
+# --- sources and the per-file worker -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to convert: its id (piece-name prefix), path, kind and style index."""
+
+    key: str
+    path: str
+    kind: str  # "music21" or "midi"
+    style: int
+
+
+def corpus_sources(styles: set[str] | None = None) -> list[Source]:
+    """music21's core corpus files, classified by their folder under ``corpus/``."""
+    from music21.corpus import corpora
+
+    out = []
+    for p in corpora.CoreCorpus().getPaths():
+        p = Path(p)
+        parts = p.parts
+        if "corpus" not in parts or p.suffix in SKIP_SUFFIXES:
+            continue
+        rel = Path(*parts[len(parts) - 1 - parts[::-1].index("corpus") + 1 :])
+        style = SOURCE_STYLES.get(rel.parts[0])
+        if style is None or (styles and style not in styles):
+            continue
+        key = str(rel.with_suffix("")) if rel.suffix else str(rel)
+        out.append(Source(key, str(p), "music21", tk.CORPUS_STYLES.index(style)))
+    return out
+
+
+def midi_sources(folder: Path, style_name: str, style: int) -> list[Source]:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"--midi {folder}: not a folder; pass a folder holding .mid files")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+    if not files:
+        raise DataError(f"--midi {folder}: no .mid files found (searched recursively)")
+    return [
+        Source(f"{style_name}/{p.relative_to(folder).with_suffix('')}", str(p), "midi", style)
+        for p in files
+    ]
+
+
+def cache_path(cache_dir: Path, src: Source) -> Path:
+    h = hashlib.sha1(f"{src.path}|{src.style}|{BUILDER_VERSION}".encode()).hexdigest()[:20]
+    return cache_dir / f"{h}.npz"
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout()
+
+
+def convert_source(src: Source) -> dict:
+    """All pieces of one source file, as a plain dict (cached as-is)."""
+    pieces, skipped, stats = [], [], {"grace": 0, "unpitched": 0, "folded": 0}
+    if src.kind == "midi":
+        from improv.midifile import read_midi
+
+        scores = [(src.key, read_midi(src.path))]
+    else:
+        from music21 import converter, stream
+
+        m21 = converter.parse(src.path, forceSource=True, storePickle=False)
+        items = list(m21.scores) if isinstance(m21, stream.Opus) else [m21]
+        if len(items) > 1 and src.key.split("/")[0] in VOICES_AS_TUNES:
+            merged = stream.Score()
+            for sc in items:
+                for part in getattr(sc, "parts", None) or [sc]:
+                    merged.insert(0, part)
+            items = [merged]
+        scores = []
+        for i, sc in enumerate(items):
+            name = f"{src.key}#{i + 1}" if len(items) > 1 else src.key
+            try:
+                score, st = score_from_music21(sc)
+            except Exception as e:  # one bad tune must not lose the others
+                skipped.append((name, f"{type(e).__name__}: {e}"[:200]))
+                continue
+            stats["grace"] += st["grace"]
+            stats["unpitched"] += st["unpitched"]
+            scores.append((name, score))
+    for name, score in scores:
+        if not score.notes:
+            skipped.append((name, "no pitched notes"))
+            continue
+        toks = encode_piece(score, src.style, name)
+        stats["folded"] += sum(n.pitch != tk.fold_pitch(n.pitch) for n in score.notes)
+        pieces.append((name, toks, len(score.notes)))
+    return {"pieces": pieces, "skipped": skipped, "stats": stats}
+
+
+def _save_cache(path: Path, result: dict) -> None:
+    lengths = np.array([len(t) for _, t, _ in result["pieces"]], dtype=np.int64)
+    flat = [x for _, t, _ in result["pieces"] for x in t]
+    meta = {
+        "names": [n for n, _, _ in result["pieces"]],
+        "notes": [k for _, _, k in result["pieces"]],
+        "skipped": result["skipped"],
+        "stats": result["stats"],
+    }
+    _atomic_write(
+        path,
+        lambda f: np.savez(
+            f,
+            tokens=np.array(flat, dtype=np.uint16),
+            lengths=lengths,
+            meta=np.array(json.dumps(meta)),
+        ),
+    )
+
+
+def _load_cache(path: Path) -> dict:
+    with np.load(path) as z:
+        toks, lengths, meta = z["tokens"], z["lengths"], json.loads(str(z["meta"]))
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    pieces = [
+        (n, toks[a:b].tolist(), k)
+        for n, k, a, b in zip(meta["names"], meta["notes"], bounds[:-1], bounds[1:], strict=True)
+    ]
+    return {
+        "pieces": pieces,
+        "skipped": [tuple(s) for s in meta["skipped"]],
+        "stats": meta["stats"],
+    }
+
+
+def _work(job: tuple[Source, str, int]) -> tuple[Source, dict | None, str | None, float]:
+    """Pool task: convert one file under a timeout and cache it; never raises."""
+    src, cache_file, timeout = job
+    t0 = time.perf_counter()
+    old = signal.signal(signal.SIGALRM, _alarm) if timeout else None
+    if timeout:
+        signal.alarm(timeout)
+    try:
+        result = convert_source(src)
+        _save_cache(Path(cache_file), result)
+        return src, result, None, time.perf_counter() - t0
+    except _Timeout:
+        return src, None, f"timed out after {timeout} s", time.perf_counter() - t0
+    except Exception as e:
+        return src, None, f"{type(e).__name__}: {e}"[:200], time.perf_counter() - t0
+    finally:
+        if timeout:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+
+
+# --- the build ---------------------------------------------------------------------------
+
+
+def _unit_hash(name: str) -> float:
+    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big") / 2.0**64
+
+
+def assign_val(names: list[str], styles: list[int]) -> list[bool]:
+    """Deterministic split by piece name: ~5% val, and a few val pieces in every style."""
+    h = [_unit_hash(n) for n in names]
+    is_val = [x < VAL_FRACTION for x in h]
+    for s in set(styles):
+        idx = sorted((i for i, st in enumerate(styles) if st == s), key=lambda i: h[i])
+        want = min(MIN_VAL_PER_STYLE, len(idx) // 4)  # a tiny style keeps most for training
+        for i in idx[:want]:
+            is_val[i] = True
+    return is_val
+
+
+def _style_names(mapping: dict[str, int]) -> dict[int, str]:
+    names = {i: s for i, s in enumerate(tk.CORPUS_STYLES)}
+    names.update({i: s for s, i in mapping.items()})
+    return names
+
+
+def build(
+    out: Path,
+    sources: list[Source],
+    jobs: int = 2,
+    timeout: int = FILE_TIMEOUT_S,
+    styles: dict[str, int] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Convert every source (reusing the cache), write both splits and summary.json."""
+    t0 = time.time()
+    out = Path(out)
+    cache_dir = out / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    failed: list[tuple[str, str]] = []
+    todo = []
+    for src in sources:
+        cp = cache_path(cache_dir, src)
+        if cp.exists():
+            try:
+                results[src.key] = _load_cache(cp)
+                continue
+            except Exception:
+                cp.unlink(missing_ok=True)  # a corrupt entry is simply redone
+        todo.append((src, str(cp), timeout))
+    # Biggest files first, so a slow one does not start last and hold the pool alone.
+    todo.sort(key=lambda j: -os.path.getsize(j[0].path))
+    slow: list[tuple[float, str]] = []
+    if todo:
+        bar = _progress(len(todo), len(sources) - len(todo), progress)
+        if jobs <= 1:
+            it = map(_work, todo)
+            pool = None
+        else:
+            pool = mp.get_context("fork").Pool(jobs, maxtasksperchild=25)
+            it = pool.imap_unordered(_work, todo)
+        try:
+            for src, result, err, dt in it:
+                slow.append((dt, src.key))
+                if err:
+                    failed.append((src.key, err))
+                else:
+                    results[src.key] = result
+                bar.update(1)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.close()
+                pool.join()
+    pieces, skipped = [], list(failed)
+    extra = {"grace": 0, "unpitched": 0, "folded": 0}
+    for src in sources:
+        r = results.get(src.key)
+        if r is None:
+            continue
+        skipped += [tuple(s) for s in r["skipped"]]
+        for k in extra:
+            extra[k] += r["stats"].get(k, 0)
+        pieces += [(name, src.style, toks, n) for name, toks, n in r["pieces"]]
+    is_val = assign_val([p[0] for p in pieces], [p[1] for p in pieces])
+    train = [(n, s, t) for (n, s, t, _), v in zip(pieces, is_val, strict=True) if not v]
+    val = [(n, s, t) for (n, s, t, _), v in zip(pieces, is_val, strict=True) if v]
+    write_split(out, "train", train)
+    write_split(out, "val", val)
+    mapping = dict(styles or {s: i for i, s in enumerate(tk.CORPUS_STYLES)})
+    summary = _summarise(pieces, is_val, mapping, skipped, extra, out)
+    summary["build_seconds"] = round(time.time() - t0, 1)
+    summary["files"] = {"total": len(sources), "converted_now": len(todo), "failed": len(failed)}
+    summary["slowest_files"] = [(k, round(dt, 1)) for dt, k in sorted(slow, reverse=True)[:10]]
+    _atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    return summary
+
+
+def _progress(total: int, done_before: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency, but a bar is not worth failing for
+        enabled = False
+    if not enabled:
+
+        class _Null:
+            def update(self, n):
+                pass
+
+            def close(self):
+                pass
+
+        return _Null()
+    return tqdm(total=total, unit="file", desc=f"converting ({done_before} cached)", smoothing=0.05)
+
+
+def _summarise(pieces, is_val, mapping, skipped, extra, out: Path) -> dict:
+    names = _style_names(mapping)
+    per: dict[str, dict] = {}
+    for (_, s, toks, n), v in zip(pieces, is_val, strict=True):
+        row = per.setdefault(
+            names.get(s, str(s)), {"pieces": 0, "notes": 0, "tokens": 0, "train": 0, "val": 0}
+        )
+        row["pieces"] += 1
+        row["notes"] += n
+        row["tokens"] += len(toks)
+        row["val" if v else "train"] += 1
+    for row in per.values():
+        row["tokens_per_note"] = round(row["tokens"] / max(1, row["notes"]), 3)
+    aug = augmentation_factor(load_split(out, "train")) if any(not v for v in is_val) else 0.0
+    return {
+        "builder_version": BUILDER_VERSION,
+        "styles": mapping,
+        "per_style": per,
+        "total": {
+            "pieces": len(pieces),
+            "notes": sum(p[3] for p in pieces),
+            "tokens": sum(len(p[2]) for p in pieces),
+            "train_pieces": sum(not v for v in is_val),
+            "val_pieces": sum(is_val),
+        },
+        "transposition_augmentation": {"max_shift": 6, "mean_keys_per_piece": round(aug, 2)},
+        "dropped": extra,
+        "skipped": [list(s) for s in skipped],
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"{'style':<12} {'pieces':>7} {'notes':>10} {'tokens':>11} {'tok/note':>8} "
+        f"{'train':>6} {'val':>5}"
+    ]
+    for name, r in sorted(summary["per_style"].items()):
+        lines.append(
+            f"{name:<12} {r['pieces']:>7} {r['notes']:>10} {r['tokens']:>11} "
+            f"{r['tokens_per_note']:>8.2f} {r['train']:>6} {r['val']:>5}"
+        )
+    t = summary["total"]
+    tpn = t["tokens"] / max(1, t["notes"])
+    lines.append(
+        f"{'total':<12} {t['pieces']:>7} {t['notes']:>10} {t['tokens']:>11} {tpn:>8.2f} "
+        f"{t['train_pieces']:>6} {t['val_pieces']:>5}"
+    )
+    aug = summary["transposition_augmentation"]
+    lines.append(
+        f"transposition at sample time (+-{aug['max_shift']} semitones): "
+        f"x{aug['mean_keys_per_piece']} keys per piece on average"
+    )
+    d = summary["dropped"]
+    lines.append(
+        f"dropped: {d['grace']} grace notes, {d['unpitched']} unpitched; "
+        f"{d['folded']} notes folded into 21..108"
+    )
+    if "build_seconds" in summary:
+        lines.append(f"build time: {summary['build_seconds']:.0f} s")
+    sk = summary["skipped"]
+    if sk:
+        lines.append(f"skipped ({len(sk)}):")
+        lines += [f"  {k}: {why}" for k, why in sk[:50]]
+        if len(sk) > 50:
+            lines.append(f"  ... and {len(sk) - 50} more (see summary.json)")
+    return "\n".join(lines)
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _user_slots(out: Path, style_name: str | None) -> dict[str, int]:
+    """Corpus styles plus user styles: known names keep their slot, a new one takes the next."""
+    mapping = {s: i for i, s in enumerate(tk.CORPUS_STYLES)}
+    prev = out / "summary.json"
+    if prev.exists():
+        try:
+            mapping.update(json.loads(prev.read_text()).get("styles", {}))
+        except (OSError, ValueError):
+            pass
+    if style_name and style_name not in mapping:
+        free = [i for i in range(len(tk.CORPUS_STYLES), tk.N_STYLES) if i not in mapping.values()]
+        if not free:
+            raise DataError(
+                f"no free user style slot for {style_name!r} (all {tk.N_STYLES} are used); "
+                f"reuse a name from {out / 'summary.json'} or build into another --out folder"
+            )
+        mapping[style_name] = free[0]
+    return mapping
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="Build the token corpus.")
+    ap.add_argument("--out", type=Path, default=None, help="corpus folder (default: %(default)s)")
+    ap.add_argument("--styles", default="", help="comma-separated corpus styles to include")
+    ap.add_argument("--limit", type=int, default=0, help="at most N files per style (quick runs)")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes")
+    ap.add_argument("--timeout", type=int, default=FILE_TIMEOUT_S, help="seconds per file")
+    ap.add_argument("--midi", type=Path, default=None, help="a folder of your own .mid files")
+    ap.add_argument("--style", default=None, help="style name for the --midi files")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    out = (args.out or default_corpus_dir()).expanduser()
+    try:
+        if bool(args.midi) != bool(args.style):
+            raise DataError("--midi and --style go together: improv data --midi DIR --style NAME")
+        if args.style in tk.CORPUS_STYLES:
+            raise DataError(f"--style {args.style!r} is a corpus style; pick another name")
+        wanted = {s.strip() for s in args.styles.split(",") if s.strip()}
+        unknown = wanted - set(tk.CORPUS_STYLES)
+        if unknown:
+            raise DataError(
+                f"unknown style(s) {sorted(unknown)}; choose from {', '.join(tk.CORPUS_STYLES)}"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        mapping = _user_slots(out, args.style)
+        sources = corpus_sources(wanted or None)
+        if args.limit:
+            per: dict[int, int] = {}
+            kept = []
+            for s in sources:
+                per[s.style] = per.get(s.style, 0) + 1
+                if per[s.style] <= args.limit:
+                    kept.append(s)
+            sources = kept
+        if args.midi:
+            sources += midi_sources(args.midi, args.style, mapping[args.style])
+        print(f"{len(sources)} source files -> {out}", flush=True)
+        summary = build(
+            out,
+            sources,
+            jobs=args.jobs,
+            timeout=args.timeout,
+            styles=mapping,
+            progress=not args.no_progress,
+        )
+    except DataError as e:
+        print(f"{prog or 'improv data'}: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

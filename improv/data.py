@@ -36,7 +36,7 @@ import numpy as np
 from improv import tokens as tk
 from improv.tokens import Note
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 TICKS = tk.TICKS_PER_QUARTER
 DEFAULT_VELOCITY = 80
 VAL_FRACTION = 0.05
@@ -249,7 +249,7 @@ def score_from_music21(m21) -> tuple:
         vel = _velocity(el)
         for p in el.pitches:
             notes.append(Note(start, end, int(round(p.ps)), vel))
-    notes = _merge_unisons(notes)
+    notes = _one_note_per_key(notes)
     meters = _meters(s, flat, meter)
     tempos = []
     for mm in flat.getElementsByClass(tempo.MetronomeMark):
@@ -264,49 +264,66 @@ def score_from_music21(m21) -> tuple:
     return score, {"grace": grace, "unpitched": unpitched}
 
 
-def _merge_unisons(notes: list[Note]) -> list[Note]:
-    """One note per (onset, pitch): voices in unison are one key on a keyboard.
+def _one_note_per_key(notes: list[Note]) -> list[Note]:
+    """Overlapping notes of one pitch become what a keyboard plays: the key sounds
+    as long as any of them does, struck again at each later onset.
 
-    Without this every unison would encode as NOTE_ON, NOTE_OFF, NOTE_ON.
+    Voices in unison would otherwise encode as NOTE_ON, NOTE_OFF, NOTE_ON, and
+    overlaps would not survive a trip through a MIDI file unchanged.
     """
-    best: dict[tuple[int, int], Note] = {}
-    for n in notes:
-        k = (n.start, n.pitch)
-        if k not in best or n.end > best[k].end:
-            best[k] = n
-    return sorted(best.values())
+    by_pitch: dict[int, list[list[int]]] = {}
+    for n in sorted(notes):
+        held = by_pitch.setdefault(n.pitch, [])
+        if held and held[-1][0] == n.start:
+            held[-1][1] = max(held[-1][1], n.end)
+        elif held and n.start < held[-1][1]:
+            end = max(held[-1][1], n.end)
+            held[-1][1] = n.start
+            held.append([n.start, end, n.velocity])
+        else:
+            held.append([n.start, n.end, n.velocity])
+    return sorted(Note(a, b, p, v) for p, held in by_pitch.items() for a, b, v in held)
+
+
+def _meter_for(length: int) -> tuple[int, int] | None:
+    """A meter whose bar is ``length`` ticks (a pickup or a short bar), if one fits."""
+    for den in (4, 8, 16, 32):
+        unit = TICKS * 4 // den
+        if length % unit == 0:
+            return length // unit, den
+    return None
 
 
 def _meters(s, flat, meter_mod) -> list[tuple[int, int, int]]:
-    """Meter changes, plus a restart wherever a measure begins off the bar grid.
+    """Meter changes, with a bar of its own length wherever a measure is short or long.
 
-    A pickup bar or a short bar before a repeat would otherwise shift every
-    later BAR token; re-stating the meter at the measure start re-anchors it.
+    A pickup or a short bar before a repeat would otherwise shift every later
+    BAR token. Such a bar gets the meter that fits it (a quarter pickup in 4/4
+    is a 1/4 bar), and the written meter resumes after it, as a MIDI file
+    would say it.
     """
-    out: dict[int, tuple[int, int]] = {}
+    written: dict[int, tuple[int, int]] = {}
     for ts in flat.getElementsByClass(meter_mod.TimeSignature):
-        out.setdefault(_ticks(ts.offset), (ts.numerator, ts.denominator))
+        written.setdefault(_ticks(ts.offset), (ts.numerator, ts.denominator))
+    out = dict(written)
     parts = list(getattr(s, "parts", [])) or [s]
-    measures = list(parts[0].getElementsByClass("Measure"))
-    if measures:
-        cur = out.get(0, (4, 4))
-        line, bar = 0, tk.Meter(*cur).bar_ticks
-        for m in measures:
-            t = _ticks(m.offset)
-            if t in out:
-                cur = out[t]
-                line, bar = t, tk.Meter(*cur).bar_ticks
-                continue
-            while line + bar < t:  # measures may be missing (empty) in the part
-                line += bar
-            if t != line and t != line + bar:
-                out[t] = cur
-                line = t
-            elif t == line + bar:
-                line = t
+    starts = sorted({_ticks(m.offset) for m in parts[0].getElementsByClass("Measure")})
+    cur = written.get(0, (4, 4))
+    for a, b in zip(starts, starts[1:], strict=False):
+        cur = written.get(a, cur)
+        if b - a != tk.Meter(*cur).bar_ticks and (fit := _meter_for(b - a)):
+            out[a] = fit
+            out.setdefault(b, cur)
     if 0 not in out:
         out[0] = (4, 4)
-    return [(t, n, d) for t, (n, d) in sorted(out.items())]
+    merged: list[tuple[int, int, int]] = []
+    for t, (n, d) in sorted(out.items()):
+        if merged and (merged[-1][1], merged[-1][2]) == (n, d):
+            bar = tk.Meter(n, d).bar_ticks
+            if (t - merged[-1][0]) % bar == 0:
+                continue  # already on the grid: a repeat says nothing
+        merged.append((t, n, d))
+    return merged
 
 
 # --- notes -> tokens, with turns ---------------------------------------------------------
@@ -337,8 +354,7 @@ def turn_ticks(notes: list[Note], meters, end_tick: int, phrase_bars: int) -> li
     if not notes:
         return []
     lines = bar_lines(meters, end_tick)
-    m0 = sorted(meters)[0] if meters else (0, 4, 4)
-    first = 1 if len(lines) > 1 and lines[1] - lines[0] < tk.Meter(m0[1], m0[2]).bar_ticks else 0
+    first = 1 if len(lines) > 2 and lines[1] - lines[0] < lines[2] - lines[1] else 0
     starts = np.array([n.start for n in notes])
     ends = np.array([n.end for n in notes])
     last_onset = int(starts.max())

@@ -134,7 +134,7 @@ def _fit(notes: list[Note]) -> list[Note]:
         nxt = notes[i + 1] if i + 1 < len(notes) else None
         if nxt is not None and nxt.start < n.end:
             if nxt.start <= n.start:
-                continue  # a later note at the same tick replaces this one
+                continue  # of two notes starting on one tick, the longer stays
             n = Note(n.start, nxt.start, n.pitch, n.velocity)
         out.append(n)
     return out
@@ -152,7 +152,8 @@ def read_midi(
     tpb = mid.ticks_per_beat
     tempos: list[tuple[int, int]] = []
     meters: list[tuple[int, int, int]] = []
-    # key (track, channel, pitch) -> notes in onset order: [start, velocity, end or None, cut]
+    # (track, channel, pitch) -> notes waiting for a note-off, oldest first:
+    # [start, velocity, end], end set when a newer note-on cut the note short.
     waiting: dict[tuple[int, int, int], list[list]] = {}
     done: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
     last = 0
@@ -188,12 +189,9 @@ def read_midi(
         notes += _fit(grid)
     notes.sort()
 
-    tempos = _changes([(_rescale(t, tpb, 24), us) for t, us in tempos])
-    if not tempos or tempos[0][0] > 0:
-        tempos.insert(0, (0, DEFAULT_TEMPO))
-    meters = _changes([(_rescale(t, tpb, 24), n, d) for t, n, d in meters])
-    if not meters or meters[0][0] > 0:
-        meters.insert(0, (0, 4, 4))
+    # MIDI's defaults (120 bpm, 4/4) hold until the file says otherwise.
+    tempos = _changes([(0, DEFAULT_TEMPO)] + [(_rescale(t, tpb, 24), us) for t, us in tempos])
+    meters = _changes([(0, 4, 4)] + [(_rescale(t, tpb, 24), n, d) for t, n, d in meters])
     end = max([_rescale(last, tpb, 24)] + [n.end for n in notes])
     return Score(notes=notes, tempos=tempos, meters=meters, end_tick=end)
 

@@ -1,0 +1,100 @@
+"""Shared fixtures: a JACK server for the tests that need real MIDI ports.
+
+How the JACK tests connect ports (checked with jackd2 1.9 and python-rtmidi 1.5):
+rtmidi's JACK backend makes the connection itself. Opening a port *by name*
+(``backend.open_input('client:port')`` / ``open_output(...)``, which is what
+``improv.ports.MidiInput('part of name')`` does) creates our own JACK port and
+connects it to the named one. Virtual ports (``virtual=True``) are plain JACK
+ports named ``client:port`` (client 'improv' for improv's own), visible to any
+JACK client. The ``jack_connect`` / ``jack_lsp`` tools of jackd2 work too but
+are not needed. Note the JACK view: a JACK *input* port (a sink, e.g. 'improv in')
+is listed among mido's *output* names, because that is what an output can open.
+
+``JACK_NO_START_SERVER=1`` is set so that no client ever autostarts a server
+behind our back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import mido
+import pytest
+
+JACK_BACKEND = "mido.backends.rtmidi/UNIX_JACK"
+
+
+def _missing(reason: str) -> None:
+    """Skip on a developer machine; fail in CI, where the resource must be there."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
+    pytest.skip(reason)
+
+
+def _jack_running() -> bool:
+    if shutil.which("jack_lsp"):
+        try:
+            done = subprocess.run(
+                ["jack_lsp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=5
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
+    try:
+        import rtmidi
+
+        rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK).delete()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def jack_server():
+    """A JACK server for the session: the running one, or `jackd -d dummy` started here."""
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    try:
+        import rtmidi
+
+        if rtmidi.API_UNIX_JACK not in rtmidi.get_compiled_api():
+            _missing("python-rtmidi was built without JACK support")
+    except ImportError:
+        _missing("python-rtmidi is not installed")
+    if _jack_running():
+        yield None
+        return
+    jackd = shutil.which("jackd")
+    if jackd is None:
+        _missing("jackd is not installed (apt install jackd2)")
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: jackd must never block on it
+    proc = subprocess.Popen(
+        [jackd, "-d", "dummy", "-r", "48000", "-p", "64"], stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 10.0
+    while not _jack_running():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            log.seek(0)
+            err = log.read().strip().splitlines()[-3:]
+            _missing(f"jackd did not start: {' / '.join(err) or 'no output'}")
+        time.sleep(0.1)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def jack_backend(jack_server) -> mido.Backend:
+    """mido's rtmidi backend bound to JACK, with a server running."""
+    return mido.Backend(JACK_BACKEND)

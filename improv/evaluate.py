@@ -157,7 +157,7 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def model_context(model) -> int:
-    return int(model.cfg.context)
+    return int((getattr(model, "cfg", None) or model.config).context)
 
 
 @torch.no_grad()

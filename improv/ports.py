@@ -231,7 +231,74 @@ class InputQueue:
 # --- ports ----------------------------------------------------------------------------------------
 
 
-class MidiInput:
+class _Port:
+    """What inputs and outputs share: the query, (re)opening, closing."""
+
+    kind = ""
+
+    def __init__(self, name: str | None, backend: mido.Backend | None, virtual: bool) -> None:
+        self.backend = backend or get_backend()
+        self.query = name
+        self.virtual = virtual
+        self.name = ""
+        self._lock = threading.Lock()  # guards _port against a concurrent reopen
+        self._port = None
+
+    @property
+    def connected(self) -> bool:
+        return self._port is not None
+
+    def available(self) -> list[str]:
+        return input_names(self.backend) if self.kind == "input" else output_names(self.backend)
+
+    def reopen(self) -> None:
+        """(Re)open by the original query, so a replugged device is found again."""
+        self.close()
+        if self.virtual:
+            _check_virtual(self.backend)
+            required = VIRTUAL_IN if self.kind == "input" else VIRTUAL_OUT
+            name = self.query or required
+            if required not in name.lower():
+                raise PortError(f"a virtual port's name must contain '{required}' (got '{name}')")
+            args = dict(name=name, virtual=True, client_name=CLIENT_NAME)
+        elif not self.query:
+            raise PortError(
+                f"no MIDI {self.kind} given; pick one with --{self.kind} NAME (see 'improv ports')"
+            )
+        else:
+            args = dict(name=match_port(self.query, self.available(), self.kind))
+        try:
+            port = self._open(args)
+        except Exception as e:
+            what = "create virtual" if self.virtual else "open"
+            raise PortError(
+                f"cannot {what} MIDI {self.kind} '{args['name']}' ({e}); "
+                "is the MIDI system running and the port free?"
+            ) from None
+        with self._lock:
+            self._port = port
+        self.name = port.name
+
+    def _open(self, args: dict):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        with self._lock:
+            port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except Exception:  # a vanished device may fail to close; it is gone either way
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class MidiInput(_Port):
     """An input port whose messages land in ``self.queue`` as ``(time, message)``.
 
     ``name``: exact name or unique part of one; ``virtual=True`` creates a port
@@ -252,34 +319,16 @@ class MidiInput:
         thru: Callable[[mido.Message], object] | None = None,
         queue: InputQueue | None = None,
     ) -> None:
-        self.backend = backend or get_backend()
-        self.query = name
-        self.virtual = virtual
+        super().__init__(name, backend, virtual)
         self.channels = None if channels is None else frozenset(channels)
         self.thru = thru
         self.queue = queue if queue is not None else InputQueue()
         self.filtered = 0
         self.thru_errors = 0
-        self._port = None
-        self.name = ""
         self.reopen()
 
-    @property
-    def connected(self) -> bool:
-        return self._port is not None
-
-    def available(self) -> list[str]:
-        return input_names(self.backend)
-
-    def reopen(self) -> None:
-        """(Re)open by the original query; the queue and its contents survive."""
-        self.close()
-        opener = _opener(self)
-        try:
-            self._port = self.backend.open_input(callback=self._on_message, **opener)
-        except Exception as e:
-            raise _open_error(self, opener, e) from None
-        self.name = self._port.name
+    def _open(self, args: dict):
+        return self.backend.open_input(callback=self._on_message, **args)
 
     def _on_message(self, msg: mido.Message) -> None:
         t = now()  # first, before anything can delay it
@@ -294,22 +343,8 @@ class MidiInput:
             except Exception:  # a thru failure must not break input
                 self.thru_errors += 1
 
-    def close(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            try:
-                port.close()
-            except Exception:  # a vanished device may fail to close; it is gone either way
-                pass
 
-    def __enter__(self) -> MidiInput:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class MidiOutput:
+class MidiOutput(_Port):
     """An output port with ``send(msg)``; safe to send from several threads.
 
     ``channel``: send every channel message on this channel (0-15). ``program``:
@@ -332,34 +367,17 @@ class MidiOutput:
             raise PortError(f"output channel {channel} is out of range; use 0-15 (MIDI 1-16)")
         if program is not None and not 0 <= program <= 127:
             raise PortError(f"program {program} is out of range; use 0-127")
-        self.backend = backend or get_backend()
-        self.query = name
-        self.virtual = virtual
+        super().__init__(name, backend, virtual)
         self.channel = channel
         self.program = program
         self.lost = 0
-        self._lock = threading.Lock()
-        self._port = None
-        self.name = ""
         self.reopen()
 
-    @property
-    def connected(self) -> bool:
-        return self._port is not None
-
-    def available(self) -> list[str]:
-        return output_names(self.backend)
+    def _open(self, args: dict):
+        return self.backend.open_output(**args)
 
     def reopen(self) -> None:
-        self.close()
-        opener = _opener(self)
-        try:
-            port = self.backend.open_output(**opener)
-        except Exception as e:
-            raise _open_error(self, opener, e) from None
-        with self._lock:
-            self._port = port
-        self.name = port.name
+        super().reopen()
         if self.program is not None:
             channel = self.channel or 0
             self.send(mido.Message("program_change", channel=channel, program=self.program))
@@ -372,47 +390,6 @@ class MidiOutput:
                 self.lost += 1
                 return
             self._port.send(msg)
-
-    def close(self) -> None:
-        with self._lock:
-            port, self._port = self._port, None
-        if port is not None:
-            try:
-                port.close()
-            except Exception:
-                pass
-
-    def __enter__(self) -> MidiOutput:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _opener(port: MidiInput | MidiOutput) -> dict:
-    """mido open_input/open_output arguments for a port's query (or virtual name)."""
-    if port.virtual:
-        _check_virtual(port.backend)
-        required = VIRTUAL_IN if port.kind == "input" else VIRTUAL_OUT
-        name = port.query or required
-        if required not in name.lower():
-            raise PortError(f"a virtual port's name must contain '{required}' (got '{name}')")
-        return dict(name=name, virtual=True, client_name=CLIENT_NAME)
-    if not port.query:
-        raise PortError(
-            f"no MIDI {port.kind} given; pick one with --{port.kind} NAME (see 'improv ports')"
-        )
-    return dict(name=match_port(port.query, port.available(), port.kind))
-
-
-def _open_error(port: MidiInput | MidiOutput, opener: dict, e: Exception) -> PortError:
-    if isinstance(e, PortError):
-        return e
-    what = "create virtual" if opener.get("virtual") else "open"
-    return PortError(
-        f"cannot {what} MIDI {port.kind} '{opener['name']}' ({e}); "
-        "is the MIDI system running and the port free?"
-    )
 
 
 class PortWatcher:

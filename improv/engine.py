@@ -375,6 +375,22 @@ class Engine:
         self._n_steps += 1
         return logits
 
+    def rewind(self, n: int) -> None:
+        """Forget the last ``n`` tokens (an answer cut short by the player).
+
+        Slots past the position are masked by the graph, so this only moves the
+        position back; a re-encode in flight is dropped since its snapshot may hold
+        the forgotten tokens. The STYLE token always stays. Feed before sampling:
+        the logits of the new last token are not kept.
+        """
+        if n <= 0:
+            return
+        self._drop_roll()
+        n = min(n, len(self._window) - 1)
+        del self._window[len(self._window) - n :]
+        self._pos = len(self._window)
+        self.logits = None
+
     def sample(self, sampler) -> int:
         """Draw a token from the current logits, let the sampler observe it, step it in."""
         tok = sampler.sample(self.logits)
@@ -434,7 +450,7 @@ class Engine:
             self._swap()
             return
         roll.thread = threading.Thread(
-            target=self._reencode, args=(roll, self._bg), name="improv-reencode", daemon=True
+            target=self._reencode, args=(roll, self._bg), name="improv-reencode"
         )
         roll.thread.start()
 
@@ -464,7 +480,7 @@ class Engine:
             raise roll.error
         pending = self._window[roll.start_len :]
         self._window = roll.snapshot + pending
-        self._pos = len(roll.snapshot)
+        self._pos = len(self._window)
         self._caches.reverse()
         self.logits = roll.logits
         self.rolls += 1

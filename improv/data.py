@@ -36,7 +36,7 @@ import numpy as np
 from improv import tokens as tk
 from improv.tokens import Note
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 TICKS = tk.TICKS_PER_QUARTER
 DEFAULT_VELOCITY = 80
 VAL_FRACTION = 0.05
@@ -224,44 +224,72 @@ def _velocity(obj) -> int:
 
 
 def score_from_music21(m21) -> tuple:
-    """An ``improv.midifile.Score`` for one music21 Score (or Part); returns (score, stats)."""
+    """An ``improv.midifile.Score`` for one music21 Score (or Part); returns (score, stats).
+
+    Tied notes are joined here rather than with music21's ``stripTies``, which
+    copies and re-sorts the whole score and took most of the build time.
+    """
     from music21 import harmony, meter, note, tempo
 
     from improv.midifile import Score
 
-    s = m21.stripTies(inPlace=False)
-    flat = s.flatten()
+    parts = list(getattr(m21, "parts", [])) or [m21]
+    flats = [p.flatten() for p in parts]
     notes: list[Note] = []
     grace = unpitched = 0
-    for el in flat.notes:
-        if isinstance(el, harmony.Harmony):
-            continue  # chord symbols are annotations, not sounding notes
-        if isinstance(el, note.Unpitched) or not hasattr(el, "pitches"):
-            unpitched += 1
-            continue
-        ql = float(el.duration.quarterLength)
-        if ql <= 0 or el.duration.isGrace:
-            grace += 1
-            continue
-        off = float(el.offset)
-        start, end = _ticks(off), _ticks(off + ql)
-        end = max(end, start + 1)
-        vel = _velocity(el)
-        for p in el.pitches:
-            notes.append(Note(start, end, int(round(p.ps)), vel))
+    for k, flat in enumerate(flats):
+        base = float(parts[k].offset) if parts[k] is not m21 else 0.0
+        ties: dict[float, list] = {}  # pitch -> the open tied note [start, end, pitch, vel]
+        for el in flat.notes:
+            if isinstance(el, harmony.Harmony):
+                continue  # chord symbols are annotations, not sounding notes
+            if isinstance(el, note.Unpitched) or not hasattr(el, "pitches"):
+                unpitched += 1
+                continue
+            ql = float(el.duration.quarterLength)
+            if ql <= 0 or el.duration.isGrace:
+                grace += 1
+                continue
+            off = base + float(el.offset)
+            start, end = _ticks(off), _ticks(off + ql)
+            vel = _velocity(el)
+            members = el.notes if hasattr(el, "notes") and el.notes else [el]
+            for n in members:
+                ps, tie = n.pitch.ps, (n.tie.type if n.tie is not None else None)
+                held = ties.get(ps)
+                if held is not None and tie in ("continue", "stop") and abs(start - held[1]) <= 1:
+                    held[1] = end
+                    if tie == "stop":
+                        notes.append(_note(ties.pop(ps)))
+                    continue
+                if held is not None:  # a tie that never stopped: the note ends where it got to
+                    notes.append(_note(ties.pop(ps)))
+                item = [start, end, int(round(ps)), vel]
+                if tie in ("start", "continue"):
+                    ties[ps] = item
+                else:
+                    notes.append(_note(item))
+        notes += [_note(item) for item in ties.values()]
     notes = _one_note_per_key(notes)
-    meters = _meters(s, flat, meter)
+    time_sigs = flats[0].getElementsByClass(meter.TimeSignature)
+    meters = _meters(parts[0], list(time_sigs))
     tempos = []
-    for mm in flat.getElementsByClass(tempo.MetronomeMark):
-        bpm = mm.getQuarterBPM()
-        if bpm:
-            tempos.append((_ticks(mm.offset), int(round(60_000_000 / bpm))))
-    tempos = sorted(dict(tempos).items()) or [(0, 500_000)]
+    for flat in flats:
+        for mm in flat.getElementsByClass(tempo.MetronomeMark):
+            bpm = mm.getQuarterBPM()
+            if bpm:
+                tempos.append((_ticks(mm.offset), int(round(60_000_000 / bpm))))
+    tempos = sorted(dict(sorted(tempos)).items()) or [(0, 500_000)]
     if tempos[0][0] != 0:
         tempos.insert(0, (0, tempos[0][1]))
-    end_tick = max([n.end for n in notes] + [_ticks(s.highestTime)])
+    end_tick = max([n.end for n in notes] + [_ticks(m21.highestTime)])
     score = Score(notes=notes, tempos=tempos, meters=meters, end_tick=end_tick)
     return score, {"grace": grace, "unpitched": unpitched}
+
+
+def _note(item: list) -> Note:
+    start, end, pitch, vel = item
+    return Note(start, max(end, start + 1), pitch, vel)
 
 
 def _one_note_per_key(notes: list[Note]) -> list[Note]:
@@ -294,7 +322,7 @@ def _meter_for(length: int) -> tuple[int, int] | None:
     return None
 
 
-def _meters(s, flat, meter_mod) -> list[tuple[int, int, int]]:
+def _meters(part, time_sigs: list) -> list[tuple[int, int, int]]:
     """Meter changes, with a bar of its own length wherever a measure is short or long.
 
     A pickup or a short bar before a repeat would otherwise shift every later
@@ -303,11 +331,10 @@ def _meters(s, flat, meter_mod) -> list[tuple[int, int, int]]:
     would say it.
     """
     written: dict[int, tuple[int, int]] = {}
-    for ts in flat.getElementsByClass(meter_mod.TimeSignature):
+    for ts in time_sigs:
         written.setdefault(_ticks(ts.offset), (ts.numerator, ts.denominator))
     out = dict(written)
-    parts = list(getattr(s, "parts", [])) or [s]
-    starts = sorted({_ticks(m.offset) for m in parts[0].getElementsByClass("Measure")})
+    starts = sorted({_ticks(m.offset) for m in part.getElementsByClass("Measure")})
     cur = written.get(0, (4, 4))
     for a, b in zip(starts, starts[1:], strict=False):
         cur = written.get(a, cur)

@@ -480,7 +480,7 @@ class Engine:
             raise roll.error
         pending = self._window[roll.start_len :]
         self._window = roll.snapshot + pending
-        self._pos = len(self._window)
+        self._pos = len(roll.snapshot)
         self._caches.reverse()
         self.logits = roll.logits
         self.rolls += 1

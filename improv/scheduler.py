@@ -37,6 +37,7 @@ from improv.clock import now, try_realtime
 
 LATE = 0.001  # seconds after the deadline that make a message late
 MIN_NOTE = 0.002  # a scheduled note lasts at least this long, so its off follows its on
+ASAP = float("-inf")  # the deadline of "send now" messages
 
 
 def is_note_on(msg: mido.Message) -> bool:
@@ -124,8 +125,14 @@ class Scheduler:
             self._version += 1
             self._cond.notify()
 
-    def schedule(self, msg: mido.Message, deadline: float, *, tag: Hashable = None) -> int:
-        """Send ``msg`` at ``deadline``; returns its push number. Ignored after stop()."""
+    def schedule(self, msg: mido.Message, deadline: float | None, *, tag: Hashable = None) -> int:
+        """Send ``msg`` at ``deadline``; returns its push number. Ignored after stop().
+
+        A deadline of None or <= 0 means "as soon as possible" (thru, program
+        changes): sent before anything timed, in push order, outside the timing stats.
+        """
+        if deadline is None or deadline <= 0:
+            deadline = ASAP
         with self._cond:  # the push number is taken under the lock: it is the push order
             if self._closed:
                 return -1
@@ -271,7 +278,7 @@ class Scheduler:
             self.send_errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
         self.sent += 1
-        if target is not None:
+        if target is not None and target != ASAP:
             self.errors.append(t - target)
             if t - target > LATE:
                 self.late += 1

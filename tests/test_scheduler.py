@@ -233,6 +233,22 @@ def test_on_sent_never_blocks_the_scheduler():
     assert [ts for _, ts in got] == sorted(ts for _, ts in got)
 
 
+def test_asap_messages_go_first_and_stay_out_of_the_timing_stats():
+    out = FakeOutput()
+    sched = Scheduler(out)
+    t = now() + 0.05
+    sched.schedule(mido.Message("control_change", value=1), t)
+    sched.schedule(mido.Message("program_change", program=5), 0.0, tag="program")
+    sched.schedule(mido.Message("note_on", note=60, velocity=70), None, tag="thru")
+    assert wait_for(lambda: len(out.sent) == 3)
+    assert [m.type for m, _ in out.sent] == ["program_change", "note_on", "control_change"]
+    stats = sched.stats()
+    assert stats.sent == 3 and len(sched.errors) == 1 and stats.late <= 1
+    sched.cancel("thru")  # a thru note is a sounding note like any other
+    assert out.notes == set()
+    sched.stop()
+
+
 def test_latency_compensation_sends_early():
     out = FakeOutput()
     sched = Scheduler(out, latency_ms=500)

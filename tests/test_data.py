@@ -240,3 +240,17 @@ def test_user_style_slots_are_stable(tmp_path):
     (tmp_path / "summary.json").write_text('{"styles": {"mine": 5, "other": 6}}')
     m = data._user_slots(tmp_path, "third")
     assert (m["mine"], m["other"], m["third"]) == (5, 6, 7)
+
+
+def test_tied_chords_and_grace_notes():
+    from music21 import chord, note, stream, tie
+
+    part = stream.Part()
+    c1, c2 = chord.Chord(["C4", "E4"], quarterLength=1), chord.Chord(["C4", "G4"], quarterLength=1)
+    c1.notes[0].tie = tie.Tie("start")  # only C4 is tied on
+    c2.notes[0].tie = tie.Tie("stop")
+    part.append([c1, c2, note.Note("D4", quarterLength=1).getGrace(), note.Note("F4")])
+    score, stats = data.score_from_music21(part)
+    got = {(n.pitch, n.start, n.end) for n in score.notes}
+    assert got == {(60, 0, 48), (64, 0, 24), (67, 24, 48), (65, 48, 72)}
+    assert stats["grace"] == 1

@@ -1,9 +1,10 @@
 """Training and fine-tuning: ``improv train``.
 
 This module owns the training loop: AdamW (decay on matrices only), linear
-warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA, a fixed
-set of validation batches, resumable checkpoints, and the hand-off of the best
-model (by validation loss) to a model directory with its ONNX export.
+warm-up then cosine decay, gradient clipping, bf16 autocast (on CUDA and on CPUs
+with native bf16), a fixed set of validation batches, resumable checkpoints,
+and the hand-off of the best model (by validation loss) to a model directory
+with its ONNX export.
 
 Checkpoints (``--ckpt``, default ``~/.cache/improv/runs/NAME``)::
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from improv import data
@@ -71,6 +73,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     ap.add_argument("--batch", type=int, default=16, help="sequences per step")
     ap.add_argument(
+        "--seq-len",
+        type=int,
+        default=0,
+        help="training sequence length, STYLE token included (0: the model's context); "
+        "shorter is cheaper per token on CPU",
+    )
+    ap.add_argument(
         "--lr", type=float, default=None, help="peak learning rate (1e-3; 3e-4 with --from)"
     )
     ap.add_argument("--min-lr-frac", type=float, default=0.1, help="final lr as a fraction of --lr")
@@ -86,7 +95,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    ap.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 autocast (auto: on CUDA, and on CPUs with native bf16 such as AVX512-BF16)",
+    )
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument(
         "--ckpt",
         type=Path,
@@ -221,8 +236,8 @@ def save_checkpoint(
 ) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(ckpt / "model.safetensors.tmp"))
-    extra = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}
+    save_file(weights, str(ckpt / "model.safetensors.tmp"), metadata={"step": str(state.step)})
+    extra = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": state.step}
     if torch.cuda.is_available():
         extra["cuda_rng"] = torch.cuda.get_rng_state_all()
     torch.save(extra, ckpt / "optim.pt.tmp")
@@ -241,9 +256,19 @@ def save_checkpoint(
 
 def load_checkpoint(ckpt: Path, device: str) -> tuple[dict, dict, dict]:
     """(state.json, weights, optim.pt contents) of a checkpoint folder."""
-    meta = json.loads((ckpt / "state.json").read_text())
-    weights = load_file(str(ckpt / "model.safetensors"), device=device)
-    extra = torch.load(ckpt / "optim.pt", map_location=device, weights_only=True)
+    try:
+        meta = json.loads((ckpt / "state.json").read_text())
+        with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+            weights_step = int((f.metadata() or {}).get("step", -1))
+        weights = load_file(str(ckpt / "model.safetensors"), device=device)
+        extra = torch.load(ckpt / "optim.pt", map_location=device, weights_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TrainError(f"the checkpoint in {ckpt} cannot be read ({e}); delete it") from e
+    if not meta["step"] == weights_step == extra.get("step"):
+        raise TrainError(
+            f"the checkpoint in {ckpt} is inconsistent (interrupted while saving); delete it "
+            "and start again, or keep the best model already in --out"
+        )
     return meta, weights, extra
 
 
@@ -257,7 +282,7 @@ def evaluate(model: GPT, batches: list[torch.Tensor], device: str, amp: bool) ->
     total, count = 0.0, 0
     for b in batches:
         x, y = b[:, :-1].to(device), b[:, 1:].to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
             _, loss = model(x, y)
         n = int((y != tk.PAD).sum())
         if n == 0:
@@ -280,7 +305,7 @@ def _card(model: GPT, state: RunState, args, styles: dict[str, int], tok_s: floa
         f"- data: {args.data or data.default_corpus_dir()}"
         + (f" (fine-tuned from {args.from_}, style {args.style!r})" if args.from_ else ""),
         f"- styles: {', '.join(f'{k}={v}' for k, v in sorted(styles.items(), key=lambda x: x[1]))}",
-        f"- steps: {state.step} of batch {args.batch} x {c.context} tokens "
+        f"- steps: {state.step} of batch {args.batch} x {args.seq_len or c.context} tokens "
         f"({state.tokens_seen / 1e6:.1f}M tokens), lr {args.lr}, seed {args.seed}",
         f"- best validation loss: {state.best_val:.4f} nats/token at step {state.best_step}",
         f"- training speed: {tok_s:,.0f} tokens/s on {args.device}",
@@ -302,8 +327,8 @@ def train(args) -> RunState:
         raise TrainError("--device cuda but torch sees no GPU; use --device cpu")
     args.device = device
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    amp = device == "cuda"
-    if amp:
+    amp = args.bf16 == "on" or (args.bf16 == "auto" and _native_bf16(device))
+    if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     ckpt = (args.ckpt or Path.home() / ".cache" / "improv" / "runs" / args.out.name).expanduser()
     resuming = args.resume and (ckpt / "state.json").exists()
@@ -356,6 +381,9 @@ def train(args) -> RunState:
         rng.bit_generator.state = meta["numpy_rng"]
         state = RunState(meta["step"], meta["best_val"], meta["best_step"], meta["tokens_seen"])
         print(f"resuming {ckpt} at step {state.step} (best val {state.best_val:.4f})")
+    seq_len = args.seq_len or cfg.context
+    if not 2 <= seq_len <= cfg.context:
+        raise TrainError(f"--seq-len {seq_len} must be within 2..{cfg.context} (the context)")
     n_params = model.num_params()
     print(
         f"model: {n_params / 1e6:.2f}M parameters {cfg.to_dict()}; device {device}; "
@@ -365,7 +393,7 @@ def train(args) -> RunState:
     val_rng = np.random.default_rng(args.seed + 1)  # the same batches at every evaluation
     val_batches = [
         torch.from_numpy(
-            data.sample_batch(val_split, args.batch, cfg.context, val_rng, transpose=False)
+            data.sample_batch(val_split, args.batch, seq_len, val_rng, transpose=False)
         )
         for _ in range(args.eval_batches)
     ]
@@ -396,9 +424,9 @@ def train(args) -> RunState:
             for group in opt.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            batch = torch.from_numpy(data.sample_batch(train_split, args.batch, cfg.context, rng))
+            batch = torch.from_numpy(data.sample_batch(train_split, args.batch, seq_len, rng))
             x, y = batch[:, :-1].to(device), batch[:, 1:].to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
                 _, loss = step_fn(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -432,13 +460,13 @@ def train(args) -> RunState:
         if bar is not None:
             bar.close()
     if stopped:
+        if state.best_step == 0 and state.step > 0:  # never validated: keep what we have
+            validate()
         checkpoint()
         print(
             f"stopped at step {state.step}; continue with the same command and --resume "
             f"(checkpoint in {ckpt})"
         )
-    if state.best_step == 0 and state.step > 0:  # never validated yet: keep what we have
-        validate()
     if (args.out / "model.safetensors").exists():
         from improv.export import export_model
 
@@ -448,6 +476,13 @@ def train(args) -> RunState:
             f"(model.onnx, cache_update.onnx); {tok_s:,.0f} tokens/s"
         )
     return state
+
+
+def _native_bf16(device: str) -> bool:
+    if device == "cuda":
+        return True
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, hence the care
+    return bool(check and check())
 
 
 def _model_styles(model_dir: Path) -> dict[str, int]:

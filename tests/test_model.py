@@ -205,6 +205,10 @@ def test_improv_train_end_to_end(corpus, tmp_path):
     assert load_model(out).cfg.d_model == 32
     extra = torch.load(ckpt / "optim.pt", weights_only=True)
     assert "optimizer" in extra
+    # Shorter training sequences than the context are allowed, longer ones are not.
+    short = ["--data", str(corpus), "--out", str(tmp_path / "short"), "--steps", "2", *TINY_FLAGS]
+    assert train.main([*short, "--ckpt", str(tmp_path / "c2"), "--seq-len", "16"]) == 0
+    assert train.main([*short, "--ckpt", str(tmp_path / "c3"), "--seq-len", "65"]) == 2
     # A second run into the same checkpoint folder must be asked for explicitly.
     rc = train.main(
         ["--data", str(corpus), "--out", str(out), "--ckpt", str(ckpt), "--steps", "5", *TINY_FLAGS]

@@ -98,3 +98,19 @@ def jack_server():
 def jack_backend(jack_server) -> mido.Backend:
     """mido's rtmidi backend bound to JACK, with a server running."""
     return mido.Backend(JACK_BACKEND)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-weight model, exported to ONNX: the live path's tests run on it."""
+    import torch
+
+    from improv.export import export_model
+    from improv.model import GPT, ModelConfig, default_styles, save_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-model")
+    gpt = GPT(ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, context=128))
+    save_model(gpt, out, default_styles())
+    export_model(out)
+    return out

@@ -1,0 +1,701 @@
+"""Call and response: the state machine that wires the live rooms together.
+
+This module owns one thread, the session thread. It takes the player's MIDI
+messages from a queue (the port callback only timestamps and enqueues), turns
+each note into tokens the moment it arrives and feeds them to the engine, so
+the context is already encoded when the call ends. When the call ends (silence,
+a pedal, or the maximum length) it marks the turn, places the response on the
+next beat or bar line, and generates the machine's tokens ahead of playback by
+a lookahead, handing each note to the scheduler at an absolute deadline. The
+machine's own tokens stay in the context after the TURN marker, so the next
+call is heard against the last answer.
+
+States: IDLE (nothing yet) -> LISTENING (a call is being played) -> THINKING
+(the call ended, the response has not sounded yet) -> RESPONDING -> LISTENING...
+
+Barge-in: a note from the player during a response stops it (``mode =
+"call_response"``): the scheduler cancels what is pending and ends what sounds,
+and the context is rewound to what was actually heard, closed with the machine's
+note-offs and a TURN, before the player's note is encoded. In ``"overlap"`` mode
+the response plays on and the player's notes join the context as they come.
+
+Nothing here blocks on the UI: UIs read :class:`~improv.session_api.Snapshot`
+values published at a bounded rate and send intents through a queue. Time is
+ticks everywhere; ``clock`` alone turns ticks into seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import mido
+
+from improv import tokens as tk
+from improv.clock import Clock
+from improv.ports import InputQueue
+from improv.presets import Preset, PresetLibrary, apply_overrides
+from improv.sampler import Constraints, Sampler
+from improv.scheduler import Scheduler
+from improv.session_api import (
+    KNOBS,
+    Intent,
+    Latency,
+    Learn,
+    NoteView,
+    NudgeKnob,
+    Panic,
+    PortView,
+    SelectPreset,
+    SetKey,
+    SetKnob,
+    SetMode,
+    Snapshot,
+    State,
+    Stop,
+    TapTempo,
+)
+
+log = logging.getLogger("improv.session")
+
+CLOCK_MESSAGES = frozenset({"clock", "start", "stop", "continue", "songpos"})
+RESPONSE = "response"  # scheduler tag of the machine's notes
+SNAPSHOT_EVERY = 0.05  # seconds between published snapshots (20 Hz)
+MAX_RESPONSE_BARS = 16
+MIN_NOTE_S = 0.002  # a machine note lasts at least this long, whatever humanize does
+
+
+@dataclass
+class SessionOptions:
+    lookahead_beats: float = 1.0  # generated ahead of playback
+    min_lead_ms: float = 30.0  # a response never starts closer than this to the call's end
+    seed: int | None = None
+    thru: bool = False  # pass the player's notes to the output
+    pedal_ccs: tuple[int, ...] = ()  # extra end-of-call pedals besides the preset's
+    control_channel: int | None = None  # program change / notes here switch presets
+    history_beats: float = 32.0  # how much of the piano roll the snapshot carries
+
+
+@dataclass
+class _Response:
+    start_tick: int
+    end_tick: int
+    base: int  # tokens fed when generation began (Session._fed)
+    encoder: tk.StreamEncoder  # encoder state at base
+    sampler_state: dict
+    call_base: int  # the same, before the TURN: a player who goes on before the
+    call_encoder: tk.StreamEncoder  # answer sounds is still playing the call
+    call_sampler: dict
+    call_start: int
+    tokens: list[tuple[int, int]] = field(default_factory=list)  # (token, tick) generated
+    sounding: dict[int, float] = field(default_factory=dict)  # machine pitch -> on deadline
+    last_off: dict[int, float] = field(default_factory=dict)  # machine pitch -> off deadline
+    first_note: bool = False
+    planned_time: float = 0.0
+
+
+class Session:
+    """One performance: call and response between a player and an engine."""
+
+    def __init__(
+        self,
+        engine,
+        clock: Clock,
+        scheduler: Scheduler,
+        presets: PresetLibrary | None = None,
+        preset: Preset | str | int | None = None,
+        *,
+        options: SessionOptions | None = None,
+        inbox: InputQueue | None = None,
+        recorder=None,
+        controls=None,
+        ports: tuple[PortView, ...] = (),
+        on_state: Callable[[State], object] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.scheduler = scheduler
+        self.presets = presets or PresetLibrary()
+        self.options = options or SessionOptions()
+        self.recorder = recorder
+        self.controls = controls
+        self.ports = ports
+        self.on_state = on_state
+        # The input port's own queue when there is one: its callback only stamps and enqueues.
+        self._inbox = inbox if inbox is not None else InputQueue()
+        self._intents: queue.Queue = queue.Queue()
+        self._log: deque[str] = deque(maxlen=500)
+        self._rng = random.Random(self.options.seed)
+        self.state = State.IDLE
+        self.preset = self._resolve(preset) if preset is not None else next(iter(self.presets))
+        self._pending_preset: Preset | None = None
+        self.sampler = Sampler(
+            Constraints.from_preset(self.preset),
+            seed=self.options.seed,
+            meter=(clock.meter.numerator, clock.meter.denominator),
+        )
+        self.encoder = tk.StreamEncoder(tk.Meter(clock.meter.numerator, clock.meter.denominator))
+        self._logits = None
+        self._keys_down: set[int] = set()
+        self._last_human = 0.0  # time of the player's last note event
+        self._call_start: int | None = None
+        self._response: _Response | None = None
+        self._notes: deque[NoteView] = deque(maxlen=512)
+        self._open_views: dict[tuple[str, int], NoteView] = {}
+        self._snapshot = Snapshot()
+        self._snap_time = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.responses: list[dict] = []  # per response: planned start and first-note deadline
+        self.error: BaseException | None = None
+        self._program_sent = False
+        self._fed = 0  # tokens that entered the engine, to rewind by count across rolls
+        self.follower = None  # a MidiClockFollower when slaved to MIDI beat clock
+
+    # --- public surface ----------------------------------------------------------------------
+
+    def start(self, thread: bool = True) -> Session:
+        """Open the stream; with ``thread=False`` the caller drives ``_tick_once`` (simulation)."""
+        self._start_stream(self.clock.now_tick())
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="improv-session", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the session: every machine note gets its note-off (the scheduler's panic)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        self.scheduler.panic()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, msg: mido.Message, t: float | None = None) -> None:
+        """A message from the player (in-process ports, tests); never blocks."""
+        self._inbox.put(self.clock.time_fn() if t is None else t, msg)
+
+    def send(self, intent: Intent) -> None:
+        self._intents.put_nowait(intent)
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def drain_log(self) -> list[str]:
+        out = []
+        while self._log:
+            out.append(self._log.popleft())
+        return out
+
+    # --- the session thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._tick_once(self._wait_time())
+        except BaseException as e:  # a crash must still end every note
+            self.error = e
+            log.exception("session thread failed")
+            self._say(f"session error: {e}")
+        finally:
+            self.scheduler.panic()
+            self._set_state(State.IDLE)
+            self._publish(force=True)
+
+    def _wait_time(self) -> float:
+        if self._response is not None and self._needs_generation():
+            return 0.0
+        return 0.002
+
+    def _tick_once(self, timeout: float) -> None:
+        """One turn of the loop: input, intents, call end, generation, snapshot."""
+        item = self._inbox.get(timeout=timeout)
+        while item is not None:  # everything already waiting, before the model runs again
+            self._on_message(item[1], item[0])
+            item = self._inbox.get_nowait()
+        while True:
+            try:
+                self._on_intent(self._intents.get_nowait())
+            except queue.Empty:
+                break
+        self._check_call_end()
+        self._generate()
+        self._publish()
+
+    # --- the player ----------------------------------------------------------------------------
+
+    def _on_message(self, msg: mido.Message, t: float) -> None:
+        kind = msg.type
+        control = self.options.control_channel is not None and getattr(
+            msg, "channel", None) == self.options.control_channel
+        if kind in CLOCK_MESSAGES:
+            if self.follower is not None:
+                self.follower.feed_message(msg, t)
+            return
+        if kind == "note_on" and msg.velocity > 0:
+            if control:
+                self._switch_preset(msg.note % 12 + 1, now=False)
+                return
+            self._human_note(msg.note, msg.velocity, t)
+        elif kind == "note_off" or (kind == "note_on" and msg.velocity == 0):
+            if control:
+                return
+            self._human_note(msg.note, 0, t)
+        elif kind == "control_change":
+            self._on_cc(msg.control, msg.value)
+        elif kind == "program_change":
+            if self.options.control_channel is None or msg.channel == self.options.control_channel:
+                self._switch_preset(msg.program + 1, now=False)
+        if self.options.thru and kind in ("note_on", "note_off"):
+            self.scheduler.schedule(msg.copy(channel=self._channel()), 0.0, tag="thru")
+
+    def _human_note(self, pitch: int, velocity: int, t: float) -> None:
+        tick = max(self.clock.nearest_tick(t), 0)
+        if velocity > 0 and self._response is not None:
+            if self.preset.mode == "call_response":
+                self._barge_in(tick)
+            # overlap: the response goes on; the player's note joins the context as it comes
+        if velocity > 0:
+            if self.state in (State.IDLE, State.LISTENING) and not self._keys_down:
+                if self._call_start is None:
+                    self._call_start = tick
+                    self._apply_pending_preset()
+                self._set_state(State.LISTENING)
+            self._keys_down.add(pitch)
+            toks = self.encoder.note_on(tick, pitch, velocity)
+        else:
+            self._keys_down.discard(pitch)
+            toks = self.encoder.note_off(tick, pitch)
+        self._last_human = t
+        self._feed(toks, human=True)
+        self._view("human", pitch, velocity, tick)
+        if self.recorder is not None:
+            kind = "note_on" if velocity else "note_off"
+            self.recorder.add("human", mido.Message(kind, note=pitch, velocity=velocity),
+                              self.clock.time_to_tick(t))
+
+    def _on_cc(self, control: int, value: int) -> None:
+        pedals = {self.preset.end_call_cc, *self.options.pedal_ccs} - {None}
+        if control in pedals and value >= 64 and self.state == State.LISTENING:
+            self._end_call("pedal")
+            return
+        if self.controls is not None:
+            bound = self.controls.on_cc(control, value)
+            if bound is not None:
+                name, knob_value = bound
+                self._set_knob(name, knob_value)
+
+    # --- call end and response -------------------------------------------------------------------
+
+    def _check_call_end(self) -> None:
+        if self.state != State.LISTENING or self._call_start is None:
+            return
+        now = self.clock.time_fn()
+        beat_s = self.clock.beat_ticks * self.clock.seconds_per_tick
+        if not self._keys_down and now - self._last_human >= self.preset.silence_beats * beat_s:
+            self._end_call("silence")
+        elif self.clock.now_tick() - self._call_start >= \
+                self.preset.max_call_bars * self.clock.bar_ticks:
+            self._end_call("max length")
+
+    def _end_call(self, why: str) -> None:
+        """Hand over: TURN, place the response on the grid, start generating."""
+        now_tick = self.clock.now_tick()
+        lead = self.options.min_lead_ms / 1000.0 / self.clock.seconds_per_tick
+        line = self.clock.next_bar if self.preset.response_start == "bar" else self.clock.next_beat
+        start = line(now_tick + lead)
+        call_ticks = max(1, int(now_tick) - (self._call_start or 0))
+        bars = self.preset.response_bars or -(-call_ticks // self.clock.bar_ticks)
+        bars = min(max(1, bars), MAX_RESPONSE_BARS)
+        end = start + bars * self.clock.bar_ticks
+        call_base, call_encoder = self._fed, copy.deepcopy(self.encoder)
+        call_sampler, call_start = _sampler_state(self.sampler), self._call_start or 0
+        # Close the player's keys in the stream (a key still held after a pedal handover).
+        toks = self.encoder.close(self.encoder.tick) if self._keys_down else []
+        self._keys_down.clear()
+        toks += self.encoder.turn()
+        toks += self.encoder.advance(start)
+        self._feed(toks, human=True)
+        self._call_start = None
+        self._response = _Response(
+            start_tick=start,
+            end_tick=end,
+            base=self._fed,
+            encoder=copy.deepcopy(self.encoder),
+            sampler_state=_sampler_state(self.sampler),
+            call_base=call_base,
+            call_encoder=call_encoder,
+            call_sampler=call_sampler,
+            call_start=call_start,
+            planned_time=self.clock.tick_to_time(start),
+        )
+        self._set_state(State.THINKING)
+        bar = start // self.clock.bar_ticks + 1
+        self._say(f"call ended ({why}); answer of {bars} bar(s) from bar {bar}")
+
+    def _needs_generation(self) -> bool:
+        r = self._response
+        if r is None:
+            return False
+        horizon = self.clock.now_tick() + self.options.lookahead_beats * self.clock.beat_ticks
+        return self.encoder.tick < min(horizon, r.end_tick) or self.encoder.tick >= r.end_tick
+
+    def _generate(self) -> None:
+        r = self._response
+        if r is None:
+            return
+        horizon = self.clock.now_tick() + self.options.lookahead_beats * self.clock.beat_ticks
+        if self.state == State.THINKING and self.clock.now_tick() >= r.start_tick:
+            self._set_state(State.RESPONDING)
+        steps = 0
+        while self.encoder.tick < min(horizon, r.end_tick) and steps < 256:
+            logits = self._logits
+            if not r.first_note:
+                # The answer starts on the planned line: no waiting before its first note.
+                logits = logits.copy()
+                logits[tk.TIME_SHIFT_BASE : tk.NOTE_ON_BASE] = -float("inf")
+                logits[tk.TURN] = -float("inf")
+            tok = self.sampler.sample(logits)
+            if tk.is_time_shift(tok) and self.encoder.tick + tk.shift_ticks(tok) > r.end_tick:
+                tok = tk.time_shift_token(r.end_tick - self.encoder.tick)
+            self._machine_token(tok)
+            steps += 1
+        if self.encoder.tick >= r.end_tick:
+            self._finish_response()
+
+    def _machine_token(self, tok: int) -> None:
+        r = self._response
+        tick = self.encoder.tick
+        self._step(tok)
+        r.tokens.append((tok, tick))
+        if tk.is_note_on(tok):
+            p = tk.token_pitch(tok)
+            r.first_note = True
+            velocity = self.preset.shape_velocity(tk.bin_velocity(self.encoder.velocity_bin))
+            # Humanize may pull an on early, but never before this key's last off.
+            deadline = max(self._deadline(tick, humanize=True), r.last_off.get(p, 0.0))
+            r.sounding[p] = deadline
+            self.scheduler.schedule(
+                mido.Message("note_on", channel=self._channel(), note=p, velocity=velocity),
+                deadline, tag=RESPONSE)
+            if len(self.responses) and self.responses[-1].get("first_note_deadline") is None:
+                self.responses[-1]["first_note_deadline"] = deadline
+            self._view("machine", p, velocity, tick)
+        elif tk.is_note_off(tok):
+            p = tk.token_pitch(tok)
+            on = r.sounding.pop(p, None)
+            if on is not None:
+                self._schedule_off(p, tick, after=on)
+
+    def _schedule_off(self, pitch: int, tick: int, after: float) -> None:
+        # Humanize moves note-ons: an off must still follow its own on, or the note sticks.
+        deadline = max(self._deadline(tick), after + MIN_NOTE_S)
+        if self._response is not None:
+            self._response.last_off[pitch] = deadline
+        self.scheduler.schedule(
+            mido.Message("note_off", channel=self._channel(), note=pitch, velocity=0),
+            deadline, tag=RESPONSE)
+        self._view("machine", pitch, 0, tick)
+
+    def _finish_response(self) -> None:
+        """The response has reached its length: end its notes, hand the turn back."""
+        r = self._response
+        toks = []
+        for p, on in sorted(r.sounding.items()):
+            toks += self.encoder.note_off(r.end_tick, p)
+            self._schedule_off(p, r.end_tick, after=on)
+        r.sounding.clear()
+        toks += self.encoder.turn()
+        self._feed(toks, human=False)
+        self._response = None
+        self._set_state(State.LISTENING if self._keys_down else State.IDLE)
+        self._apply_pending_preset()
+
+    def _barge_in(self, tick: int) -> None:
+        """The player came in: stop the answer and rewind the context to what was heard."""
+        r = self._response
+        self._response = None
+        self.scheduler.cancel(RESPONSE)
+        if not r.first_note or tick < r.start_tick:
+            # Nothing of the answer sounded: the call simply goes on, as if never ended.
+            self._rewind(r.call_base, r.call_encoder, r.call_sampler)
+            self._call_start = r.call_start
+            self._say("the call goes on")
+            self._set_state(State.LISTENING)
+            return
+        heard = []
+        for tok, t in r.tokens:  # the answer as far as it sounded, cut at the player's tick
+            if t > tick or (t == tick and tk.is_note_on(tok)):
+                break
+            if tk.is_time_shift(tok) and t + tk.shift_ticks(tok) > tick:
+                if tick > t:
+                    heard.append(tk.time_shift_token(tick - t))
+                break
+            heard.append(tok)
+        self._rewind(r.base, r.encoder, r.sampler_state)
+        for tok in heard:
+            self.encoder.observe(tok)
+        self.sampler.observe_all(heard)
+        closing = []
+        for p in sorted(self.sampler.machine):
+            closing += self.encoder.note_off(tick, p)
+            self._view("machine", p, 0, tick)
+        closing += self.encoder.turn(tick)
+        self.sampler.observe_all(closing)
+        self._logits = self.engine.feed(heard + closing)
+        self._fed += len(heard) + len(closing)
+        self._say("barge-in: the answer stops")
+        self._set_state(State.LISTENING)
+
+    def _rewind(self, base: int, encoder: tk.StreamEncoder, sampler_state: dict) -> None:
+        self.engine.rewind(self._fed - base)
+        self._fed = base
+        self.encoder = copy.deepcopy(encoder)
+        _restore_sampler(self.sampler, sampler_state)
+
+    # --- knobs, presets, intents -----------------------------------------------------------------
+
+    def _on_intent(self, intent: Intent) -> None:
+        if isinstance(intent, SetKnob):
+            self._set_knob(intent.name, intent.value)
+        elif isinstance(intent, NudgeKnob):
+            lo, hi, step = KNOBS[intent.name]
+            self._set_knob(intent.name, self._knob_value(intent.name) + intent.steps * step)
+        elif isinstance(intent, SelectPreset):
+            self._switch_preset(intent.which, now=intent.now)
+        elif isinstance(intent, SetMode):
+            self._update_preset(mode=intent.mode)
+        elif isinstance(intent, SetKey):
+            self._update_preset(key=intent.key)
+        elif isinstance(intent, TapTempo):
+            bpm = self.clock.tap()
+            if bpm is not None:
+                self._say(f"tap tempo: {bpm:.1f} BPM")
+        elif isinstance(intent, Learn):
+            if self.controls is not None:
+                self.controls.learn(intent.knob)
+        elif isinstance(intent, Panic):
+            self.scheduler.panic()
+            self._say("panic: all notes off")
+        elif isinstance(intent, Stop):
+            self._stop.set()
+
+    def _knob_value(self, name: str) -> float:
+        if name == "bpm":
+            return self.clock.bpm
+        return float(getattr(self.preset, name))
+
+    def _set_knob(self, name: str, value: float) -> None:
+        if name not in KNOBS:
+            self._say(f"unknown knob {name!r}")
+            return
+        lo, hi, _ = KNOBS[name]
+        value = min(max(float(value), lo), hi)
+        if name == "bpm":
+            self.clock.set_tempo(value)
+        elif name == "response_bars":
+            self._update_preset(response_bars=int(round(value)))
+        else:
+            self._update_preset(**{name: value})
+
+    def _update_preset(self, **changes) -> None:
+        try:
+            self.preset = apply_overrides(self.preset, **changes)
+        except ValueError as e:
+            self._say(str(e))
+            return
+        self.sampler.set_constraints(_constraints(self.preset, self.sampler.constraints))
+
+    def _resolve(self, which: Preset | str | int) -> Preset:
+        if isinstance(which, Preset):
+            return which
+        if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
+            return self.presets.by_number(int(which))
+        return self.presets.get(which)
+
+    def _switch_preset(self, which: int | str, now: bool) -> None:
+        try:
+            preset = self._resolve(which)
+        except (KeyError, IndexError, ValueError) as e:
+            self._say(f"no preset {which!r}: {e}")
+            return
+        if now or preset.switch == "now" or self.state == State.IDLE:
+            if self._response is not None:
+                self.scheduler.cancel(RESPONSE)
+                self._barge_in(int(self.clock.now_tick()))
+            self._pending_preset = preset
+            self._apply_pending_preset()
+        else:
+            self._pending_preset = preset
+            self._say(f"preset {preset.name} at the next phrase")
+
+    def _apply_pending_preset(self) -> None:
+        p = self._pending_preset
+        if p is None:
+            return
+        self._pending_preset = None
+        old_style = self.preset.style
+        self.preset = p
+        self.sampler.set_constraints(_constraints(p, self.sampler.constraints))
+        if p.bpm:
+            self.clock.set_tempo(p.bpm)
+        self._program_sent = False
+        self._send_program()
+        if p.style != old_style:
+            self._restyle(p.style)
+        self._say(f"preset: {p.name} (style {p.style})")
+
+    def _restyle(self, style: str) -> None:
+        """The STYLE token sits at position 0: re-encode the recent context under the new one."""
+        try:
+            keep = self.engine.context_tokens[1:][-(self.engine.context // 2):]
+            self.engine.reset(style)
+            self._logits = self.engine.feed(keep) if keep else self.engine.logits
+        except Exception as e:  # an unknown style keeps the old one playing
+            self._say(f"style {style!r} unavailable: {e}")
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _start_stream(self, now_tick: float) -> None:
+        start = self.clock.bar_start(now_tick)
+        self.encoder = tk.StreamEncoder(
+            meter=tk.Meter(self.clock.meter.numerator, self.clock.meter.denominator),
+            tick=start, bar_start=start)
+        self.sampler.reset(start)
+        style = self.preset.style
+        try:
+            self._logits = self.engine.reset(style)
+        except Exception as e:
+            self._say(f"style {style!r} unavailable ({e}); using the model's first style")
+            self._logits = self.engine.reset(None)
+        self._feed(self.encoder.start(None), human=True)
+        self._send_program()
+
+    def _send_program(self) -> None:
+        if self._program_sent or self.preset.program is None:
+            return
+        self.scheduler.schedule(
+            mido.Message("program_change", channel=self._channel(), program=self.preset.program),
+            0.0, tag="program")
+        self._program_sent = True
+
+    def _feed(self, toks: list[int], human: bool) -> None:
+        if not toks:
+            return
+        self._logits = self.engine.feed(toks)
+        self._fed += len(toks)
+        self.sampler.observe_all(toks, human=human)
+
+    def _step(self, tok: int) -> None:
+        self.encoder.observe(tok)
+        self.sampler.observe(tok)
+        self._logits = self.engine.step(tok)
+        self._fed += 1
+
+    def _channel(self) -> int:
+        return int(self.preset.channel) - 1
+
+    def _deadline(self, tick: float, humanize: bool = False) -> float:
+        swing = self.preset.swing
+        eighth = tk.TICKS_PER_QUARTER // 2
+        if swing and tick % tk.TICKS_PER_QUARTER == eighth:
+            tick += swing * eighth
+        t = self.clock.tick_to_time(tick)
+        if humanize and self.preset.humanize_ms:
+            t += self._rng.gauss(0.0, self.preset.humanize_ms / 2000.0)
+        return t
+
+    def _view(self, who: str, pitch: int, velocity: int, tick: float) -> None:
+        beat = tick / self.clock.beat_ticks
+        key = (who, pitch)
+        if velocity > 0:
+            view = NoteView(who, pitch, beat)
+            self._open_views[key] = view
+            self._notes.append(view)
+        elif key in self._open_views:
+            old = self._open_views.pop(key)
+            try:
+                i = len(self._notes) - 1 - list(reversed(self._notes)).index(old)
+                self._notes[i] = replace(old, end=beat)
+            except ValueError:
+                pass
+
+    def _set_state(self, state: State) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if state == State.THINKING:
+            self.responses.append({"planned_time": self._response.planned_time,
+                                   "start_tick": self._response.start_tick})
+        if self.on_state is not None:
+            self.on_state(state)
+        self._publish(force=True)
+
+    def _say(self, line: str) -> None:
+        log.info(line)
+        self._log.append(line)
+
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._snap_time < SNAPSHOT_EVERY:
+            return
+        self._snap_time = now
+        es = self.engine.stats
+        ss = self.scheduler.stats()
+        key = self.sampler.key
+        names = tuple(p.name for p in self.presets)
+        self._snapshot = Snapshot(
+            state=self.state,
+            beat=self.clock.now_tick() / self.clock.beat_ticks,
+            bpm=self.clock.bpm,
+            meter=(self.clock.meter.numerator, self.clock.meter.denominator),
+            clock_source="midi" if self.follower is not None else "internal",
+            preset=self.preset.name,
+            preset_number=names.index(self.preset.name) + 1 if self.preset.name in names else 0,
+            presets=names,
+            knobs={name: self._knob_value(name) for name in KNOBS},
+            mode=self.preset.mode,
+            key=self.preset.key,
+            key_detected=key.name if key is not None else None,
+            ports=self.ports,
+            latency=Latency(
+                decode_median_ms=es.median_ms if es.steps else None,
+                decode_p99_ms=es.p99_ms if es.steps else None,
+                schedule_p99_ms=ss.p99_ms,
+                tokens_per_s=es.tokens_per_s or None,
+                late=ss.late,
+                dropped=0,
+            ),
+            notes=tuple(self._notes)[-128:],
+            learning=getattr(self.controls, "armed", None),
+            bindings=dict(getattr(self.controls, "bindings", {}) or {}),
+            recording=str(getattr(self.recorder, "path", "")) or None,
+        )
+
+
+def _constraints(preset: Preset, old: Constraints) -> Constraints:
+    new = Constraints.from_preset(preset)
+    return replace(old, **{f: getattr(new, f) for f in new.__dataclass_fields__})
+
+
+def _sampler_state(s: Sampler) -> dict:
+    state = {k: copy.copy(v) for k, v in vars(s).items() if k not in ("rng", "constraints")}
+    return copy.deepcopy(state)
+
+
+def _restore_sampler(s: Sampler, state: dict) -> None:
+    for k, v in copy.deepcopy(state).items():
+        setattr(s, k, v)

@@ -1,0 +1,197 @@
+"""The call-and-response session: a real engine and sampler on simulated and real time."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import mido
+import numpy as np
+import pytest
+
+from improv import tokens as tk
+from improv.clock import Clock
+from improv.engine import Engine
+from improv.presets import PresetLibrary, apply_overrides
+from improv.scheduler import Scheduler
+from improv.session import RESPONSE, Session, SessionOptions
+from improv.session_api import NudgeKnob, SelectPreset, State
+from improv.simulate import Script, SimScheduler, SimTime, random_script, run
+
+
+@pytest.fixture(scope="module")
+def library() -> PresetLibrary:
+    return PresetLibrary()
+
+
+def make_session(model_dir, library, preset=1, bpm=160.0, seed=0, **overrides):
+    sim = SimTime()
+    clock = Clock(bpm, time_fn=sim)
+    sched = SimScheduler(sim)
+    engine = Engine(model_dir, provider="cpu", background=False)
+    p = library.by_number(preset)
+    if overrides:
+        p = apply_overrides(p, **overrides)
+    s = Session(engine, clock, sched, library, p, options=SessionOptions(seed=seed))
+    s.start(thread=False)
+    return s, sim, clock, sched
+
+
+def call_script(clock_bpm: float, pitches=(60, 62, 64, 65, 67), stop_at=12.0) -> Script:
+    beat = 60.0 / clock_bpm
+    events = []
+    for i, p in enumerate(pitches):
+        events.append((0.1 + i * beat / 2, mido.Message("note_on", note=p, velocity=80)))
+        events.append((0.1 + (i + 0.9) * beat / 2, mido.Message("note_off", note=p)))
+    return Script(events, stop_at=stop_at)
+
+
+def machine_notes(sched: SimScheduler) -> list:
+    return [x for x in sched.log if x.tag == RESPONSE and x.msg.type in ("note_on", "note_off")]
+
+
+def no_stuck(session, sched) -> None:
+    """Once an answer is over (nothing in flight), no machine note may still sound."""
+    if session._response is None and sched.pending(RESPONSE) == 0:
+        assert not sched.sounding(RESPONSE), f"stuck machine notes {sched.sounding(RESPONSE)}"
+
+
+def test_answer_starts_on_the_planned_bar_line(tiny_model_dir, library):
+    s, sim, clock, sched = make_session(tiny_model_dir, library, humanize_ms=0.0, swing=0.0)
+    run(s, sim, sched, call_script(clock.bpm), check=no_stuck)
+    assert s.responses, "the call got no answer"
+    r = s.responses[0]
+    assert r["start_tick"] % clock.bar_ticks == 0
+    first_on = next(x for x in machine_notes(sched) if x.msg.type == "note_on")
+    assert first_on.t == pytest.approx(r["planned_time"], abs=1e-9)
+    assert first_on.t == pytest.approx(clock.tick_to_time(r["start_tick"]), abs=1e-9)
+
+
+def test_every_machine_note_on_has_its_note_off(tiny_model_dir, library):
+    s, sim, clock, sched = make_session(tiny_model_dir, library, preset=2)
+    run(s, sim, sched, call_script(clock.bpm, stop_at=20.0), check=no_stuck)
+    notes = machine_notes(sched)
+    assert any(x.msg.type == "note_on" for x in notes)
+    open_: set[int] = set()
+    for x in notes:
+        if x.msg.type == "note_on" and x.msg.velocity > 0:
+            assert x.msg.note not in open_, "note-on for a key the machine already holds"
+            open_.add(x.msg.note)
+        else:
+            open_.discard(x.msg.note)
+    assert not open_
+    assert not sched.errors
+
+
+def test_barge_in_stops_the_answer_and_rewinds_the_context(tiny_model_dir, library):
+    s, sim, clock, sched = make_session(tiny_model_dir, library, humanize_ms=0.0)
+    script = call_script(clock.bpm, stop_at=30.0)
+    s_probe, sim2, clock2, sched2 = make_session(tiny_model_dir, library, humanize_ms=0.0)
+    run(s_probe, sim2, sched2, call_script(clock.bpm, stop_at=30.0))
+    first = next(x for x in machine_notes(sched2) if x.msg.type == "note_on")
+    barge_t = first.t - sim2.t + script.stop_at + 0.3  # seconds from the script's start
+    script.events.append((barge_t, mido.Message("note_on", note=72, velocity=90)))
+    script.events.append((barge_t + 0.2, mido.Message("note_off", note=72)))
+    states = []
+    s.on_state = states.append
+    run(s, sim, sched, script, check=no_stuck)
+    assert "barge-in: the answer stops" in s.drain_log()
+    t_barge = sim.t - script.stop_at + barge_t
+    late_ons = [x for x in machine_notes(sched)
+                if x.msg.type == "note_on" and x.t > t_barge + 1e-6 and x.t < t_barge + 0.2]
+    assert not late_ons, "the machine kept playing over the player"
+    assert State.LISTENING in states[states.index(State.RESPONDING):]
+    # The context holds the player's note after a TURN that followed the cut answer.
+    ctx = s.engine.context_tokens
+    assert tk.note_on_token(72) in ctx
+    assert tk.TURN in ctx[: ctx.index(tk.note_on_token(72))]
+
+
+def test_engine_rewind_equals_never_having_fed(tiny_model_dir):
+    a = [tk.BAR, tk.velocity_token(8), tk.note_on_token(60), tk.time_shift_token(12)]
+    b = [tk.note_on_token(64), tk.time_shift_token(6), tk.note_off_token(64)]
+    c = [tk.note_off_token(60), tk.TURN]
+    e1 = Engine(tiny_model_dir, provider="cpu", background=False)
+    e1.reset("folk")
+    e1.feed(a + b)
+    e1.rewind(len(b))
+    got = e1.feed(c)
+    e2 = Engine(tiny_model_dir, provider="cpu", background=False)
+    e2.reset("folk")
+    want = e2.feed(a + c)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert e1.context_tokens == e2.context_tokens
+
+
+def test_knobs_and_presets_apply_between_steps(tiny_model_dir, library):
+    s, sim, clock, sched = make_session(tiny_model_dir, library, preset=1)
+    t0 = s.preset.temperature
+    s.send(NudgeKnob("temperature", +2))
+    s.send(SelectPreset(3, now=True))
+    s._tick_once(0)
+    assert s.preset.name == library.by_number(3).name
+    s.send(NudgeKnob("temperature", +1))
+    s._tick_once(0)
+    assert s.sampler.constraints.temperature == pytest.approx(library.by_number(3).temperature + 0.05)
+    assert t0 > 0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_sessions_leave_no_stuck_note(tiny_model_dir, library, seed):
+    rng = random.Random(seed)
+    s, sim, clock, sched = make_session(
+        tiny_model_dir, library, preset=rng.randint(1, len(library)),
+        bpm=rng.choice((90.0, 120.0, 160.0, 200.0)), seed=seed)
+    run(s, sim, sched, random_script(rng, clock.bpm, len(library)), check=no_stuck)
+    assert not sched.errors
+    assert not sched.sounding()
+    ons = [x for x in sched.log if x.msg.type == "note_on" and x.msg.velocity > 0]
+    offs = [x for x in sched.log if x.msg.type == "note_off"
+            or (x.msg.type == "note_on" and x.msg.velocity == 0)]
+    assert len(offs) >= len(ons) - sum(1 for x in ons if x.tag == "thru")
+
+
+def test_real_time_session_with_the_real_scheduler(tiny_model_dir, library):
+    """Threads and the real scheduler: an answer arrives, every note ends, nothing after stop."""
+
+    class Out:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, msg):
+            self.sent.append((time.monotonic(), msg))
+
+    out = Out()
+    clock = Clock(240.0)
+    sched = Scheduler(out)
+    engine = Engine(tiny_model_dir, provider="cpu")
+    preset = apply_overrides(library.by_number(1), silence_beats=1.0, response_bars=1)
+    s = Session(engine, clock, sched, library, preset, options=SessionOptions(seed=1)).start()
+    try:
+        for p in (60, 64, 67):
+            s.submit(mido.Message("note_on", note=p, velocity=90))
+            time.sleep(0.05)
+            s.submit(mido.Message("note_off", note=p))
+        deadline = time.monotonic() + 8.0
+        seen = set()
+        while time.monotonic() < deadline:
+            seen.add(s.snapshot().state)
+            if State.RESPONDING in seen and s.snapshot().state in (State.IDLE, State.LISTENING):
+                break
+            time.sleep(0.01)
+    finally:
+        s.stop()
+        sched.stop()
+    stopped = time.monotonic()
+    assert State.RESPONDING in seen
+    ons = [m for _, m in out.sent if m.type == "note_on" and m.velocity > 0]
+    assert ons, "no answer was played"
+    open_: set[int] = set()
+    for _, m in out.sent:
+        if m.type == "note_on" and m.velocity > 0:
+            open_.add(m.note)
+        elif m.type in ("note_off", "note_on"):
+            open_.discard(m.note)
+    assert not open_
+    time.sleep(0.1)
+    assert all(t <= stopped for t, _ in out.sent)

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"improv: unknown command '{name}'. Run 'improv --help' for the list.", file=sys.stderr)
+        print(f"improv: unknown command '{name}'; run 'improv --help' for the list",
+              file=sys.stderr)
         return 2
     module_name = COMMANDS[name][0]
     try:
@@ -56,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     prog = f"improv {name}"
-    if name == "recover":
-        return int(module.recover_main(rest, prog=prog) or 0)
-    return int(module.main(rest, prog=prog) or 0)
+    entry = module.recover_main if name == "recover" else module.main
+    try:
+        return int(entry(rest, prog=prog) or 0)
+    except BrokenPipeError:  # `improv presets | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

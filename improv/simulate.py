@@ -127,7 +127,8 @@ def random_script(rng: random.Random, bpm: float, n_presets: int) -> Script:
             for _ in range(rng.choice((1, 1, 1, 2, 3))):
                 pitch = rng.randint(36, 96)
                 length = rng.uniform(0.1, 1.5) * beat
-                events.append((start, mido.Message("note_on", note=pitch, velocity=rng.randint(1, 127))))
+                velocity = rng.randint(1, 127)
+                events.append((start, mido.Message("note_on", note=pitch, velocity=velocity)))
                 events.append((start + length, mido.Message("note_off", note=pitch)))
             t = start + rng.uniform(0.2, 1.0) * beat
         if rng.random() < 0.3:

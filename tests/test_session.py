@@ -132,7 +132,8 @@ def test_knobs_and_presets_apply_between_steps(tiny_model_dir, library):
     assert s.preset.name == library.by_number(3).name
     s.send(NudgeKnob("temperature", +1))
     s._tick_once(0)
-    assert s.sampler.constraints.temperature == pytest.approx(library.by_number(3).temperature + 0.05)
+    want = library.by_number(3).temperature + 0.05
+    assert s.sampler.constraints.temperature == pytest.approx(want)
     assert t0 > 0
 
 

@@ -442,7 +442,10 @@ def corpus_sources(styles: set[str] | None = None) -> list[Source]:
             continue
         key = str(rel.with_suffix("")) if rel.suffix else str(rel)
         out.append(Source(key, str(p), "music21", tk.CORPUS_STYLES.index(style)))
-    return out
+    # A few works ship in two formats (bwv277.krn and .mxl): keep one, MusicXML first.
+    rank = {".mxl": 0, ".musicxml": 1, ".xml": 2, ".krn": 3, ".abc": 4}
+    out.sort(key=lambda s: (s.key, rank.get(Path(s.path).suffix, 9)))
+    return [s for i, s in enumerate(out) if i == 0 or s.key != out[i - 1].key]
 
 
 def midi_sources(folder: Path, style_name: str, style: int) -> list[Source]:
@@ -641,6 +644,7 @@ def build(
                 pool.close()
                 pool.join()
     pieces, skipped = [], list(failed)
+    seen: dict[str, str] = {}
     extra = {"grace": 0, "unpitched": 0, "folded": 0}
     for src in sources:
         r = results.get(src.key)
@@ -649,7 +653,12 @@ def build(
         skipped += [tuple(s) for s in r["skipped"]]
         for k in extra:
             extra[k] += r["stats"].get(k, 0)
-        pieces += [(name, src.style, toks, n) for name, toks, n in r["pieces"]]
+        for name, toks, n in r["pieces"]:
+            if name in seen:
+                skipped.append((name, f"duplicate piece name (also from {seen[name]})"))
+                continue
+            seen[name] = src.key
+            pieces.append((name, src.style, toks, n))
     is_val = assign_val([p[0] for p in pieces], [p[1] for p in pieces])
     train = [(n, s, t) for (n, s, t, _), v in zip(pieces, is_val, strict=True) if not v]
     val = [(n, s, t) for (n, s, t, _), v in zip(pieces, is_val, strict=True) if v]

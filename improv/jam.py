@@ -236,15 +236,17 @@ def open_ports(args: argparse.Namespace):
     virtual_in = args.virtual or args.inp is None
     virtual_out = args.virtual or args.out is None
     channels = None if args.in_channel is None else {args.in_channel - 1}
-    out = MidiOutput(None if virtual_out else args.out, backend=backend, virtual=virtual_out)
-    inp = MidiInput(None if virtual_in else args.inp, backend=backend, virtual=virtual_in,
-                    channels=channels)
+    # With --virtual, --in/--out name the virtual ports (they must contain 'improv in/out').
+    out = MidiOutput(args.out, backend=backend, virtual=virtual_out)
+    inp = MidiInput(args.inp, backend=backend, virtual=virtual_in, channels=channels)
     return inp, out
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Python threads hand over the GIL every 5 ms by default: too coarse for 1 ms timing.
+    sys.setswitchinterval(0.001)
     for name in KNOBS:
         value = getattr(args, name, None)
         if value is not None:
@@ -265,7 +267,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 f"input {name}: {'unplugged, waiting for it' if ev == 'lost' else 'back'}"))
             rig.closers.append(watcher.start())
         if args.clock_out:
-            rig.closers.append(ClockSender(rig.clock, out.send).open())
+            sender = ClockSender(rig.clock, out.send).open()
+            sender.start()  # a slave's beat 1 lands on our next bar line
+            rig.closers.append(sender)
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         rig.session.start()
         if args.no_tui:

@@ -1,0 +1,311 @@
+"""The stage UI's panels: status, ports, knobs, presets, latency, key bar and the ports screen.
+
+Every panel renders from a ``Snapshot`` bound to the app's ``snapshot`` reactive and never calls
+the session; the app (``improv.tui``) owns the keys and sends intents. Colours live in
+``tui.tcss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.geometry import Size
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import Static
+
+from improv.session_api import KNOBS, Latency, PortView, Snapshot, State
+
+# knob name -> label on screen (the same words as in the key bar)
+KNOB_LABELS = {
+    "temperature": "temp",
+    "top_p": "top-p",
+    "density": "density",
+    "response_bars": "resp bars",
+    "silence_beats": "silence",
+    "bpm": "tempo",
+}
+MODE_LABELS = {"call_response": "call & response", "overlap": "overlap"}
+CLOCK_LABELS = {"internal": "int", "midi": "midi in"}
+
+
+def format_knob(name: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    if name == "density":
+        return f"{value:+.2f}"
+    if name == "response_bars":
+        return "call" if value <= 0 else f"{value:.0f}"  # 0: as long as the call
+    if name == "bpm":
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def _share(total: int, wants: list[int]) -> list[int]:
+    """Split ``total`` columns between items wanting ``wants``; short ones give theirs away."""
+    rooms = [0] * len(wants)
+    left = sorted(range(len(wants)), key=lambda i: wants[i])
+    while left:
+        fair = total // len(left)
+        i = left.pop(0)
+        rooms[i] = min(wants[i], fair)
+        total -= rooms[i]
+    return rooms
+
+
+class SnapshotView(Widget):
+    """A panel drawn from the latest snapshot (bound with ``data_bind``)."""
+
+    snapshot: reactive[Snapshot] = reactive(Snapshot)
+
+
+class StatusBar(SnapshotView):
+    """State, tempo, meter, clock source and position; mode, key lock and recording."""
+
+    COMPONENT_CLASSES = {f"status--{s.value}" for s in State} | {"status--dim", "status--learn"}
+
+    def render(self) -> Text:
+        s = self.snapshot
+        bar_len = s.meter[0] * 4 / s.meter[1]
+        bar, beat = divmod(max(0.0, s.beat), bar_len)
+        badge = self.get_component_rich_style(f"status--{s.state.value}", partial=True)
+        dim = self.get_component_rich_style("status--dim", partial=True)
+        line1 = Text.assemble(
+            (f" {s.state.value.upper()} ", badge), " ",
+            f"{s.bpm:.0f} bpm {s.meter[0]}/{s.meter[1]}  bar {int(bar) + 1}.{int(beat) + 1}  ",
+            ("clock ", dim), CLOCK_LABELS.get(s.clock_source, s.clock_source),
+        )
+        if s.learning:
+            learn = self.get_component_rich_style("status--learn", partial=True)
+            label = KNOB_LABELS.get(s.learning, s.learning)
+            line2 = Text(f" learn {label}: turn a control · esc cancels", learn)
+        else:
+            if s.key == "auto":
+                key = f"auto → {s.key_detected}" if s.key_detected else "auto"
+            else:
+                key = s.key
+            line2 = Text.assemble(
+                (" mode ", dim), MODE_LABELS.get(s.mode, s.mode), ("  key ", dim), key)
+            if s.recording:
+                line2.append("  ● rec", "bold red")
+        return Text("\n", no_wrap=True, overflow="ellipsis").join([line1, line2])
+
+
+class PortsBar(SnapshotView):
+    COMPONENT_CLASSES = {"ports--on", "ports--off", "ports--dim"}
+
+    def render(self) -> Text:
+        ports = self.snapshot.ports or (PortView("in", None, False), PortView("out", None, False))
+        on = self.get_component_rich_style("ports--on", partial=True)
+        off = self.get_component_rich_style("ports--off", partial=True)
+        dim = self.get_component_rich_style("ports--dim", partial=True)
+        total = max(0, self.content_size.width - 1 - 2 * (len(ports) - 1)
+                    - sum(len(p.role) + 3 for p in ports))
+        labels = [(p.name or "none", " (virtual)" if p.virtual else "") for p in ports]
+        if sum(len(n) + len(x) for n, x in labels) > total:
+            # keep names readable; the ports screen (o) says it in full
+            labels = [(n, " (v)" if x else "") for n, x in labels]
+        rooms = _share(total, [len(n) + len(x) for n, x in labels])
+        out = Text(" ", no_wrap=True, overflow="ellipsis")
+        for i, (p, (name, suffix), room) in enumerate(zip(ports, labels, rooms, strict=True)):
+            if i:
+                out.append("  ")
+            out.append(f"{p.role} ", dim)
+            out.append("● " if p.connected else "○ ", on if p.connected else off)
+            out.append(_clip(name, max(4, room - len(suffix))), None if p.connected else off)
+            out.append(suffix, dim)
+        return out
+
+
+class KnobView(Widget, can_focus=True):
+    """One knob: label, value, a bar over its range, its CC; focus it and press l to learn."""
+
+    COMPONENT_CLASSES = {"knob--bar", "knob--rest", "knob--cc", "knob--learn"}
+    value: reactive[float | None] = reactive(None)
+    cc: reactive[int | None] = reactive(None)
+    learning: reactive[bool] = reactive(False)
+
+    def __init__(self, knob: str, **kwargs):
+        super().__init__(**kwargs)
+        self.knob = knob
+
+    def render(self) -> Text:
+        lo, hi, _ = KNOBS[self.knob]
+        width = self.content_size.width
+        head = f"{KNOB_LABELS[self.knob]:<9} {format_knob(self.knob, self.value):>6} "
+        if self.learning:
+            tail = Text(_clip("learn…", max(0, width - len(head))),
+                        self.get_component_rich_style("knob--learn", partial=True))
+            return Text(head) + tail
+        cc = f" cc{self.cc}" if self.cc is not None else ""
+        bar_w = max(0, width - len(head) - 6)
+        frac = 0.0 if self.value is None else min(1.0, max(0.0, (self.value - lo) / (hi - lo)))
+        filled = round(frac * bar_w)
+        return Text.assemble(
+            head,
+            ("▰" * filled, self.get_component_rich_style("knob--bar", partial=True)),
+            ("▱" * (bar_w - filled), self.get_component_rich_style("knob--rest", partial=True)),
+            (f"{cc:<6}", self.get_component_rich_style("knob--cc", partial=True)),
+        )
+
+
+class KnobPanel(Vertical):
+    snapshot: reactive[Snapshot] = reactive(Snapshot)
+
+    def compose(self) -> ComposeResult:
+        for name in KNOBS:
+            yield KnobView(name, id=f"knob-{name}")
+
+    def watch_snapshot(self, s: Snapshot) -> None:
+        for view in self.query(KnobView):
+            view.value = s.knobs.get(view.knob)
+            view.cc = s.bindings.get(view.knob)
+            view.learning = s.learning == view.knob
+
+
+class PresetList(SnapshotView):
+    """Presets 1..9 (the number keys); the current one marked."""
+
+    COMPONENT_CLASSES = {"presets--current", "presets--dim"}
+
+    def __init__(self, names: Sequence[str] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.names = tuple(names)
+
+    def render(self) -> Text:
+        s = self.snapshot
+        names = s.presets or self.names
+        current = self.get_component_rich_style("presets--current", partial=True)
+        dim = self.get_component_rich_style("presets--dim", partial=True)
+        lines = []
+        for i, name in enumerate(names[:9], start=1):
+            is_current = i == s.preset_number or (not s.preset_number and name == s.preset)
+            text = f"{'▶' if is_current else ' '}{i} {name}"
+            lines.append(Text(_clip(text, self.content_size.width or 40),
+                              current if is_current else None))
+        if len(names) > 9:
+            lines.append(Text(f"  +{len(names) - 9} more (by name)", dim))
+        if not names:
+            lines.append(Text("  no presets", dim))
+        return Text("\n").join(lines)
+
+
+class LatencyPanel(SnapshotView):
+    COMPONENT_CLASSES = {"latency--bad", "latency--dim"}
+
+    def render(self) -> Text:
+        lat: Latency = self.snapshot.latency
+        dim = self.get_component_rich_style("latency--dim", partial=True)
+        bad = self.get_component_rich_style("latency--bad", partial=True)
+        tps = "–" if lat.tokens_per_s is None else f"{lat.tokens_per_s:.0f}"
+        return Text("\n").join([
+            Text.assemble(("decode ", dim), f"{_ms(lat.decode_median_ms)} med "
+                          f"{_ms(lat.decode_p99_ms)} p99", (" ms", dim)),
+            Text.assemble(("sched  ", dim), f"{_ms(lat.schedule_p99_ms)} p99", (" ms", dim)),
+            Text.assemble(("speed  ", dim), tps, (" tok/s", dim)),
+            Text.assemble(("late ", dim), (str(lat.late), bad if lat.late else None),
+                          ("  dropped ", dim), (str(lat.dropped), bad if lat.dropped else None)),
+        ])
+
+
+class KeyBar(Widget):
+    """Every shown binding as ``key description``, wrapped onto as many lines as the width needs.
+
+    Textual's Footer keeps to one line and scrolls sideways, which hides keys at 80 columns.
+    """
+
+    COMPONENT_CLASSES = {"keybar--key"}
+
+    def __init__(self, bindings: Sequence[Binding], **kwargs):
+        super().__init__(**kwargs)
+        self.items = [(b.key_display or b.key, b.description) for b in bindings if b.show]
+
+    def _lines(self, width: int) -> list[list[tuple[str, str]]]:
+        lines: list[list[tuple[str, str]]] = [[]]
+        used = 0
+        for key, desc in self.items:
+            w = len(key) + len(desc) + 2  # " key desc"
+            if lines[-1] and used + w > width:
+                lines.append([])
+                used = 0
+            lines[-1].append((key, desc))
+            used += w
+        return lines
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self._lines(width))
+
+    def render(self) -> Text:
+        key_style = self.get_component_rich_style("keybar--key", partial=True)
+        rows = []
+        for line in self._lines(self.content_size.width):
+            row = Text()
+            for key, desc in line:
+                row.append(" ")
+                row.append(key, key_style)
+                row.append(f" {desc}")
+            rows.append(row)
+        return Text("\n").join(rows)
+
+
+class PortsScreen(ModalScreen[None]):
+    """The MIDI ports mido can see, and which ones the session uses (read-only for now)."""
+
+    BINDINGS = [Binding("escape,o,q", "dismiss", "close")]
+
+    def __init__(self, ports: tuple[PortView, ...],
+                 list_ports: Callable[[], tuple[list[str], list[str]]]):
+        super().__init__()
+        self.ports = ports
+        self.list_ports = list_ports
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="ports-box"):
+            yield Static("looking for MIDI ports…", id="ports-list")
+            yield Static("esc close · ports are chosen when improv jam starts", id="ports-hint")
+
+    def on_mount(self) -> None:
+        self.query_one("#ports-box").border_title = "MIDI ports"
+        # the backend may be slow to enumerate (or hang on a broken driver): never on the UI thread
+        self.run_worker(self._scan, thread=True, exclusive=True)
+
+    def _scan(self) -> None:
+        try:
+            inputs, outputs = self.list_ports()
+            text = self._describe(inputs, outputs)
+        except Exception as e:  # a missing backend is a message, not a crash
+            text = Text(f"cannot list MIDI ports: {e}")
+        self.app.call_from_thread(self.query_one("#ports-list", Static).update, text)
+
+    def _describe(self, inputs: list[str], outputs: list[str]) -> Text:
+        used = {(p.role, p.name): p for p in self.ports}
+        out = Text()
+        for role, title, names in (("in", "inputs", inputs), ("out", "outputs", outputs)):
+            out.append(f"{title}\n", "bold")
+            for name in names or []:
+                p = used.get((role, name))
+                mark = ("● " if p.connected else "○ ") if p else "  "
+                out.append(f" {mark}{name}{'  (in use)' if p else ''}\n")
+            if not names:
+                out.append("  none found\n", "dim")
+        out.rstrip()
+        return out
+
+
+def mido_ports() -> tuple[list[str], list[str]]:
+    import mido  # only when the screen opens: keeps rtmidi out of app start-up
+
+    return list(mido.get_input_names()), list(mido.get_output_names())

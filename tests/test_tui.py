@@ -1,0 +1,313 @@
+"""The stage UI: keys send intents, the screen follows snapshots, and two screenshots.
+
+A FakeSession records intents and serves a snapshot the test replaces, the way the real session
+publishes a new one after applying an intent. Screenshots: tests/__snapshots__/test_tui/*.svg
+(regenerate with ``pytest tests/test_tui.py --snapshot-update`` and look at them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import replace
+
+import pytest
+from rich.text import Text
+
+from improv.session_api import (
+    Latency,
+    Learn,
+    NoteView,
+    NudgeKnob,
+    Panic,
+    PortView,
+    SelectPreset,
+    SetKey,
+    SetMode,
+    Snapshot,
+    State,
+    Stop,
+    TapTempo,
+)
+from improv.tui import ImprovApp
+from improv.tui_roll import Window, fit_window, note_name, render_roll
+from improv.tui_widgets import KnobView, PortsScreen, StatusBar
+
+NAMES = ("ballad", "celtic-reel", "chorale", "classical", "folk-song", "renaissance", "runs")
+
+
+def fixed_notes(now: float) -> tuple[NoteView, ...]:
+    """Two bars of call and two of answer, repeating; the last human note still sounding."""
+    notes = []
+    for phrase in range(3):
+        base = phrase * 16
+        for i, step in enumerate((0, 4, 7, 12, 7, 4, 2, 0)):
+            notes.append(NoteView("human", 60 + step, base + i, base + i + 0.9))
+            if i % 4 == 0:
+                notes.append(NoteView("human", 48 + step, base + i, base + i + 3.5))
+        for i, step in enumerate((12, 11, 7, 9, 5, 4, 2, 0, 4, 7)):
+            start = base + 8.5 + i * 0.75
+            notes.append(NoteView("machine", 64 + step, start, start + 0.5))
+    notes.append(NoteView("human", 72, now - 0.75, None))
+    return tuple(n for n in notes if n.start < now)
+
+
+def fixed_snapshot() -> Snapshot:
+    now = 41.5
+    return Snapshot(
+        state=State.RESPONDING, beat=now, bpm=96.0, meter=(4, 4), clock_source="internal",
+        preset="chorale", preset_number=3, presets=NAMES,
+        knobs={"temperature": 0.9, "top_p": 0.95, "density": -0.25, "response_bars": 4.0,
+               "silence_beats": 2.0, "bpm": 96.0},
+        mode="call_response", key="auto", key_detected="G major",
+        ports=(PortView("in", "Keystation 49 MkII", True),
+               PortView("out", "improv out", True, virtual=True)),
+        latency=Latency(4.2, 9.8, 0.7, 231.0, late=1, dropped=0),
+        notes=fixed_notes(now), bindings={"density": 1, "temperature": 74},
+        recording="/home/player/improv/2024-05-01-2130.mid",
+    )
+
+
+class FakeSession:
+    def __init__(self, snap: Snapshot | None = None, log: list[str] | None = None):
+        self.snap = snap or fixed_snapshot()
+        self.sent: list = []
+        self.log = list(log or [])
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+    def send(self, intent) -> None:
+        self.sent.append(intent)
+
+    def drain_log(self) -> list[str]:
+        out, self.log = self.log, []
+        return out
+
+
+def sync(test):
+    """Run an async pilot test with asyncio.run (no pytest-asyncio needed)."""
+
+    @functools.wraps(test)
+    def run():
+        asyncio.run(test())
+
+    return run
+
+
+def make_app(session=None) -> ImprovApp:
+    session = session or FakeSession(log=["model: tiny-folk.onnx (CPU)", "listening on Keystation"])
+    return ImprovApp(session, list_ports=lambda: (["Keystation 49 MkII", "Through"],
+                                                 ["Synth A", "Through"]))
+
+
+def shown(widget) -> str:
+    rendered = widget.render()
+    return rendered.plain if isinstance(rendered, Text) else str(rendered)
+
+
+async def until(pilot, condition, tries: int = 100) -> None:
+    """Let the app's own polling run until ``condition()`` holds (fails if it never does)."""
+    for _ in range(tries):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    assert condition()
+
+
+# --- keys -> intents, snapshots -> screen --------------------------------------------------
+
+
+@sync
+async def test_knob_keys_send_nudges_and_the_screen_follows_the_snapshot():
+    app = make_app()
+    fake = app.session
+    async with app.run_test(size=(80, 24)) as pilot:
+        temp = app.query_one("#knob-temperature", KnobView)
+        assert "0.90" in shown(temp) and "cc74" in shown(temp)
+        await pilot.press("T")
+        assert fake.sent == [NudgeKnob("temperature", 1)]
+        assert "0.90" in shown(temp), "the UI shows the session's value, not a guess"
+        fake.snap = replace(fake.snap, knobs={**fake.snap.knobs, "temperature": 0.95})
+        await until(pilot, lambda: "0.95" in shown(temp))
+        for key in ("t", "p", "P", "d", "D", "r", "R", "s", "S", "minus", "plus"):
+            await pilot.press(key)
+        assert fake.sent[1:] == [
+            NudgeKnob("temperature", -1), NudgeKnob("top_p", -1), NudgeKnob("top_p", 1),
+            NudgeKnob("density", -1), NudgeKnob("density", 1),
+            NudgeKnob("response_bars", -1), NudgeKnob("response_bars", 1),
+            NudgeKnob("silence_beats", -1), NudgeKnob("silence_beats", 1),
+            NudgeKnob("bpm", -1), NudgeKnob("bpm", 1),
+        ]
+
+
+@sync
+async def test_arrows_pick_and_turn_the_focused_knob():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.focused.knob == "temperature"
+        await pilot.press("down", "down", "right", "left", "up", "up", "up")
+        assert app.session.sent == [NudgeKnob("density", 1), NudgeKnob("density", -1)]
+        assert app.focused.knob == "bpm", "focus wraps around"
+
+
+@sync
+async def test_preset_keys_select_by_number():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3", "1", "9")
+        assert app.session.sent == [SelectPreset(3), SelectPreset(1)]  # there is no preset 9
+        log = "\n".join(str(line.text) for line in app.query_one("#log").lines)
+        assert "no preset 9" in log
+        presets = shown(app.query_one("#presets"))
+        assert "▶3 chorale" in presets and "1 ballad" in presets and "7 runs" in presets
+        app.session.snap = replace(app.session.snap, preset="ballad", preset_number=1)
+        await until(pilot, lambda: "▶1 ballad" in shown(app.query_one("#presets")))
+
+
+@sync
+async def test_midi_learn_on_the_focused_knob():
+    app = make_app()
+    fake = app.session
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("down", "l")
+        assert fake.sent == [Learn("top_p")]
+        top_p = app.query_one("#knob-top_p", KnobView)
+        fake.snap = replace(fake.snap, learning="top_p")
+        await until(pilot, lambda: "learn" in shown(top_p))
+        assert "learn top-p" in shown(app.query_one(StatusBar))
+        fake.snap = replace(fake.snap, learning=None, bindings={**fake.snap.bindings, "top_p": 21})
+        await until(pilot, lambda: "cc21" in shown(top_p))
+        assert "learn" not in shown(top_p)
+        await pilot.press("escape")
+        assert fake.sent[-1] == Learn(None)
+
+
+@sync
+async def test_mode_key_lock_tap_panic():
+    app = make_app()
+    fake = app.session
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("m", "k", "space", "exclamation_mark", "f12")
+        assert fake.sent == [SetMode("overlap"), SetKey("G major"), TapTempo(), Panic(), Panic()]
+        fake.snap = replace(fake.snap, mode="overlap", key="G major")
+        await until(pilot, lambda: "overlap" in shown(app.query_one(StatusBar)))
+        await pilot.press("m", "k")
+        assert fake.sent[-2:] == [SetMode("call_response"), SetKey("off")]
+
+
+@sync
+async def test_quit_sends_stop_then_exits():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.session.sent == [Stop()]
+    assert app.return_code == 0
+
+
+@sync
+async def test_ports_screen_lists_ports_and_closes():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("o")
+        assert isinstance(app.screen, PortsScreen)
+        await until(pilot, lambda: "Synth A" in shown(app.screen.query_one("#ports-list")))
+        text = shown(app.screen.query_one("#ports-list"))
+        assert "● Keystation 49 MkII  (in use)" in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, PortsScreen)
+        assert app.session.sent == [], "the port picker is read-only"
+
+
+@sync
+async def test_a_failing_session_is_logged_not_fatal():
+    class Broken(FakeSession):
+        def send(self, intent):
+            raise RuntimeError("queue full")
+
+    app = make_app(Broken())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("!")
+        log = "\n".join(str(line.text) for line in app.query_one("#log").lines)
+        assert "could not send Panic()" in log and "queue full" in log
+
+
+def test_poll_rate_is_bounded():
+    assert make_app().poll_hz <= 30
+    assert ImprovApp(FakeSession(), poll_hz=500).poll_hz == 30
+
+
+def test_demo_session_applies_intents_and_is_deterministic_on_a_frozen_clock():
+    from improv.tui_demo import DemoSession
+
+    clock = [10.0]
+    demo = DemoSession(clock=lambda: clock[0])
+    first = demo.snapshot()
+    assert demo.snapshot() == first, "a frozen clock gives the same snapshot"
+    demo.send(NudgeKnob("temperature", 1))
+    assert demo.snapshot().knobs["temperature"] == pytest.approx(
+        first.knobs["temperature"] + 0.05)
+    demo.send(Learn("bpm"))
+    assert demo.snapshot().learning == "bpm"
+    clock[0] += 1.5  # the demo "hears" a CC after a second
+    later = demo.snapshot()
+    assert later.learning is None and "bpm" in later.bindings and later.beat > first.beat
+    clock[0] += 60 / later.bpm * 8  # 8 beats on: into the answer of the first call
+    assert demo.snapshot().state == State.RESPONDING
+    assert any(n.who == "machine" for n in demo.snapshot().notes)
+
+
+# --- the piano roll ------------------------------------------------------------------------
+
+
+def test_roll_draws_human_and_machine_notes_where_they_are():
+    snap = Snapshot(beat=8.0, notes=(NoteView("human", 60, 4.0, 5.0),
+                                     NoteView("machine", 62, 6.0, None)))
+    text, win = render_roll(snap, width=24, height=6)  # 20 columns, 2 a beat: beats -2..8
+    rows = text.plain.split("\n")
+    assert len(rows) == 6 and all(len(r) == 24 for r in rows)
+    human_row, machine_row = rows[1 + win.row_of(60)], rows[1 + win.row_of(62)]
+    assert human_row[4 + 12:4 + 14] == "■━"  # beat 4 is column (4 + 2) * 2
+    assert machine_row[4 + 16:] == "■━━━", "a sounding note reaches now, the right edge"
+    assert human_row.startswith("C4")
+
+
+def test_roll_styles_tell_who_played():
+    human, machine = "bold cyan", "bold magenta"
+    snap = Snapshot(beat=4.0, notes=(NoteView("human", 60, 1.0, 2.0),
+                                     NoteView("machine", 67, 2.0, 3.0)))
+    text, win = render_roll(snap, 30, 8, {"human": human, "machine": machine})
+    styled = {text.plain[s.start:s.end]: str(s.style) for s in text.spans
+              if s.style in (human, machine) and text.plain[s.start:s.end].strip("■━") == ""}
+    assert human in styled.values() and machine in styled.values()
+
+
+def test_roll_fits_pitches_and_holds_still():
+    win = fit_window([60, 64, 67], rows=10)
+    assert all(win.row_of(p) is not None for p in (60, 64, 67)) and win.fold == 1
+    assert fit_window([61, 65], rows=10, prev=win) is win, "no jumping while notes fit"
+    wide = fit_window([30, 90], rows=10)
+    assert wide.fold == 7 and wide.row_of(30) == 9 and wide.row_of(90) == 0
+    assert fit_window([], rows=12).row_of(60) is not None
+    assert note_name(60) == "C4" and note_name(61) == "C#4" and note_name(0) == "C-1"
+    top = fit_window([120, 127], rows=20)  # clamped to the MIDI range, notes still shown
+    assert top.hi == 128 and top.row_of(127) == 0 and top.row_of(120) is not None
+    assert Window(0, 10, 3).row_of(29) == 0 and Window(0, 10, 3).row_of(30) is None
+
+
+def test_roll_scales_with_the_terminal():
+    snap = fixed_snapshot()
+    small, _ = render_roll(snap, 47, 14)
+    big, _ = render_roll(snap, 118, 36)
+    assert len(small.plain.split("\n")) == 14 and len(big.plain.split("\n")) == 36
+    # wider: twice the columns per beat, and more beats shown
+    assert big.plain.count("│") > small.plain.count("│")
+
+
+# --- screenshots ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_main_screen_snapshot(snap_compare, size):
+    assert snap_compare(make_app(), terminal_size=size)

@@ -271,8 +271,9 @@ class Engine:
         c = self.config
         C = self.context = c["context"]
         self.shape = (c["n_layer"], 1, c["n_head"], C, c["d_model"] // c["n_head"])
-        self.roll_at = min(C, max(2, int(round(roll_at * C))))
-        self.keep = min(keep if keep is not None else C // 2, self.roll_at - 1)
+        # roll_at > 1: re-encode only when the window is full (the hot path then waits).
+        self.roll_at = C + 1 if roll_at > 1 else max(2, int(round(roll_at * C)))
+        self.keep = min(keep if keep is not None else C // 2, self.roll_at - 1, C - 1)
         if self.keep < 1:
             raise ModelError(f"keep = {keep} leaves nothing to re-encode; use keep >= 1")
         self.background = background
@@ -350,6 +351,11 @@ class Engine:
     def position(self) -> int:
         """Slot of the next token (= tokens in the window)."""
         return len(self._window)
+
+    @property
+    def rolling(self) -> bool:
+        """Whether a re-encode is in flight."""
+        return self._roll is not None
 
     @property
     def context_tokens(self) -> list[int]:

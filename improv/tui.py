@@ -100,7 +100,8 @@ class ImprovApp(App):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = _bindings()
 
-    snapshot: reactive[Snapshot] = reactive(Snapshot, always_update=False)
+    # the panels bound to it decide what to repaint (see SnapshotView.view_key)
+    snapshot: reactive[Snapshot] = reactive(Snapshot, repaint=False)
 
     def __init__(
         self,

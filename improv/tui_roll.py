@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from rich.style import Style
 from rich.text import Text
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.widget import Widget
 
 from improv.session_api import NoteView, Snapshot
@@ -175,19 +176,46 @@ def _append_row(out: Text, line: list[int], kinds: list[str], styles: dict[str, 
 
 
 class PianoRoll(Widget):
-    """Renders ``snapshot.notes``; bound to the app's snapshot (see ``ImprovApp.compose``)."""
+    """Renders ``snapshot.notes``; bound to the app's snapshot (see ``ImprovApp.compose``).
+
+    Line API with cached strips: the roll is the biggest thing on screen, so it is rebuilt only
+    when its picture changes (a column's worth of time, a note, a resize), not on every poll.
+    """
 
     COMPONENT_CLASSES = {f"roll--{name}" for name in STYLE_NAMES}
-    snapshot: reactive[Snapshot] = reactive(Snapshot)
+    snapshot: reactive[Snapshot] = reactive(Snapshot, repaint=False)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._window: Window | None = None
+        self._strips: list[Strip] = []
+        self._built_for: object = None
 
-    def render(self) -> Text:
+    def view_key(self, s: Snapshot) -> object:
+        return (math.floor(s.beat * cols_per_beat(self.content_size.width)), s.notes, s.meter)
+
+    def watch_snapshot(self, old: Snapshot, new: Snapshot) -> None:
+        if self.view_key(old) != self.view_key(new):
+            self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._built_for = None  # a theme or CSS change: rebuild with the new colours
+
+    def _build(self) -> list[Strip]:
         styles = {name: self.get_component_rich_style(f"roll--{name}", partial=True)
                   for name in STYLE_NAMES}
         size = self.content_size
         text, self._window = render_roll(self.snapshot, size.width, size.height, styles,
                                          self._window)
-        return text
+        base, console = self.rich_style, self.app.console
+        return [Strip(line.render(console), line.cell_len).apply_style(base)
+                .adjust_cell_length(size.width, base) for line in text.split("\n")]
+
+    def render_line(self, y: int) -> Strip:
+        key = (self.view_key(self.snapshot), self.content_size)
+        if key != self._built_for:
+            self._strips, self._built_for = self._build(), key
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(self.content_size.width, self.rich_style)

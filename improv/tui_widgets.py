@@ -67,15 +67,30 @@ def _share(total: int, wants: list[int]) -> list[int]:
 
 
 class SnapshotView(Widget):
-    """A panel drawn from the latest snapshot (bound with ``data_bind``)."""
+    """A panel drawn from the latest snapshot (bound with ``data_bind``).
 
-    snapshot: reactive[Snapshot] = reactive(Snapshot)
+    It repaints only when ``view_key`` changes: the snapshot changes every poll while playing,
+    but most panels do not, and every repaint costs the live path GIL time.
+    """
+
+    snapshot: reactive[Snapshot] = reactive(Snapshot, repaint=False)
+
+    def view_key(self, s: Snapshot) -> object:
+        return s
+
+    def watch_snapshot(self, old: Snapshot, new: Snapshot) -> None:
+        if self.view_key(old) != self.view_key(new):
+            self.refresh()
 
 
 class StatusBar(SnapshotView):
     """State, tempo, meter, clock source and position; mode, key lock and recording."""
 
     COMPONENT_CLASSES = {f"status--{s.value}" for s in State} | {"status--dim", "status--learn"}
+
+    def view_key(self, s: Snapshot) -> object:
+        return (s.state, s.bpm, s.meter, s.clock_source, int(s.beat), s.learning, s.mode, s.key,
+                s.key_detected, s.recording)
 
     def render(self) -> Text:
         s = self.snapshot
@@ -106,6 +121,9 @@ class StatusBar(SnapshotView):
 
 class PortsBar(SnapshotView):
     COMPONENT_CLASSES = {"ports--on", "ports--off", "ports--dim"}
+
+    def view_key(self, s: Snapshot) -> object:
+        return s.ports
 
     def render(self) -> Text:
         ports = self.snapshot.ports or (PortView("in", None, False), PortView("out", None, False))
@@ -163,7 +181,7 @@ class KnobView(Widget, can_focus=True):
 
 
 class KnobPanel(Vertical):
-    snapshot: reactive[Snapshot] = reactive(Snapshot)
+    snapshot: reactive[Snapshot] = reactive(Snapshot, repaint=False)  # the knobs repaint
 
     def compose(self) -> ComposeResult:
         for name in KNOBS:
@@ -180,6 +198,9 @@ class PresetList(SnapshotView):
     """Presets 1..9 (the number keys); the current one marked."""
 
     COMPONENT_CLASSES = {"presets--current", "presets--dim"}
+
+    def view_key(self, s: Snapshot) -> object:
+        return (s.presets, s.preset, s.preset_number)
 
     def __init__(self, names: Sequence[str] = (), **kwargs):
         super().__init__(**kwargs)
@@ -205,6 +226,9 @@ class PresetList(SnapshotView):
 
 class LatencyPanel(SnapshotView):
     COMPONENT_CLASSES = {"latency--bad", "latency--dim"}
+
+    def view_key(self, s: Snapshot) -> object:
+        return s.latency
 
     def render(self) -> Text:
         lat: Latency = self.snapshot.latency

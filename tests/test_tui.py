@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from dataclasses import replace
 
 import pytest
@@ -31,7 +32,7 @@ from improv.session_api import (
 )
 from improv.tui import ImprovApp
 from improv.tui_roll import Window, fit_window, note_name, render_roll
-from improv.tui_widgets import KnobView, PortsScreen, StatusBar
+from improv.tui_widgets import KnobView, PortsScreen
 
 NAMES = ("ballad", "celtic-reel", "chorale", "classical", "folk-song", "renaissance", "runs")
 
@@ -102,8 +103,14 @@ def make_app(session=None) -> ImprovApp:
 
 
 def shown(widget) -> str:
+    """What the widget would draw now (its render), for widgets off the main screen."""
     rendered = widget.render()
     return rendered.plain if isinstance(rendered, Text) else str(rendered)
+
+
+def on_screen(app) -> str:
+    """The characters on the terminal, as composed (stale if a panel failed to repaint)."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 async def until(pilot, condition, tries: int = 100) -> None:
@@ -123,13 +130,13 @@ async def test_knob_keys_send_nudges_and_the_screen_follows_the_snapshot():
     app = make_app()
     fake = app.session
     async with app.run_test(size=(80, 24)) as pilot:
-        temp = app.query_one("#knob-temperature", KnobView)
-        assert "0.90" in shown(temp) and "cc74" in shown(temp)
+        assert "temp        0.90" in on_screen(app) and "cc74" in on_screen(app)
         await pilot.press("T")
         assert fake.sent == [NudgeKnob("temperature", 1)]
-        assert "0.90" in shown(temp), "the UI shows the session's value, not a guess"
+        await pilot.pause()
+        assert "temp        0.90" in on_screen(app), "the UI shows the session's value, not a guess"
         fake.snap = replace(fake.snap, knobs={**fake.snap.knobs, "temperature": 0.95})
-        await until(pilot, lambda: "0.95" in shown(temp))
+        await until(pilot, lambda: "temp        0.95" in on_screen(app))
         for key in ("t", "p", "P", "d", "D", "r", "R", "s", "S", "minus", "plus"):
             await pilot.press(key)
         assert fake.sent[1:] == [
@@ -159,10 +166,11 @@ async def test_preset_keys_select_by_number():
         assert app.session.sent == [SelectPreset(3), SelectPreset(1)]  # there is no preset 9
         log = "\n".join(str(line.text) for line in app.query_one("#log").lines)
         assert "no preset 9" in log
-        presets = shown(app.query_one("#presets"))
-        assert "▶3 chorale" in presets and "1 ballad" in presets and "7 runs" in presets
+        screen = on_screen(app)
+        assert "▶3 chorale" in screen and " 1 ballad" in screen and " 7 runs" in screen
         app.session.snap = replace(app.session.snap, preset="ballad", preset_number=1)
-        await until(pilot, lambda: "▶1 ballad" in shown(app.query_one("#presets")))
+        await until(pilot, lambda: "▶1 ballad" in on_screen(app))
+        assert "▶3" not in on_screen(app)
 
 
 @sync
@@ -174,11 +182,11 @@ async def test_midi_learn_on_the_focused_knob():
         assert fake.sent == [Learn("top_p")]
         top_p = app.query_one("#knob-top_p", KnobView)
         fake.snap = replace(fake.snap, learning="top_p")
-        await until(pilot, lambda: "learn" in shown(top_p))
-        assert "learn top-p" in shown(app.query_one(StatusBar))
+        await until(pilot, lambda: "learn…" in on_screen(app))
+        assert "learn…" in shown(top_p) and "learn top-p: turn a control" in on_screen(app)
         fake.snap = replace(fake.snap, learning=None, bindings={**fake.snap.bindings, "top_p": 21})
-        await until(pilot, lambda: "cc21" in shown(top_p))
-        assert "learn" not in shown(top_p)
+        await until(pilot, lambda: "cc21" in on_screen(app))
+        assert "learn" not in shown(top_p) and "learn top-p" not in on_screen(app)
         await pilot.press("escape")
         assert fake.sent[-1] == Learn(None)
 
@@ -191,7 +199,7 @@ async def test_mode_key_lock_tap_panic():
         await pilot.press("m", "k", "space", "exclamation_mark", "f12")
         assert fake.sent == [SetMode("overlap"), SetKey("G major"), TapTempo(), Panic(), Panic()]
         fake.snap = replace(fake.snap, mode="overlap", key="G major")
-        await until(pilot, lambda: "overlap" in shown(app.query_one(StatusBar)))
+        await until(pilot, lambda: "mode overlap  key G major" in on_screen(app))
         await pilot.press("m", "k")
         assert fake.sent[-2:] == [SetMode("call_response"), SetKey("off")]
 
@@ -231,6 +239,36 @@ async def test_a_failing_session_is_logged_not_fatal():
         await pilot.press("!")
         log = "\n".join(str(line.text) for line in app.query_one("#log").lines)
         assert "could not send Panic()" in log and "queue full" in log
+
+
+@sync
+async def test_every_panel_follows_the_snapshot():
+    """One field at a time, so a panel that misses a change cannot ride on another's repaint."""
+    app = make_app()
+    fake = app.session
+    changes = [
+        (dict(state=State.LISTENING), ["LISTENING"]),
+        (dict(bpm=132.0), ["132 bpm"]),
+        (dict(beat=45.0), ["bar 12.2"]),
+        (dict(recording=None), []),
+        (dict(latency=Latency(5.5, 12.5, 2.5, 180.0, late=3, dropped=2)),
+         ["5.5 med 12.5 p99", "2.5 p99", "180 tok/s", "late 3  dropped 2"]),
+        (dict(ports=(PortView("in", "Other Keys", False), PortView("out", "Synth", True))),
+         ["in ○ Other Keys", "out ● Synth"]),
+        (dict(notes=(NoteView("machine", 84, 44.0, None),)), [r"re:C6 [ ·│]*■━$"]),
+        (dict(presets=("one", "two")), ["1 one", "2 two"]),
+        (dict(mode="overlap", key="off"), ["mode overlap  key off"]),
+        (dict(bindings={"bpm": 7}), ["tempo         96 ▰▰▱▱▱▱▱ cc7"]),
+    ]
+    async with app.run_test(size=(80, 24)) as pilot:
+        for change, expected in changes:
+            fake.snap = replace(fake.snap, **change)
+            for want in expected:
+                if want.startswith("re:"):
+                    await until(pilot, lambda w=want: re.search(w[3:], on_screen(app), re.M))
+                else:
+                    await until(pilot, lambda w=want: w in on_screen(app))
+        assert "● rec" not in on_screen(app) and "cc74" not in on_screen(app)
 
 
 def test_poll_rate_is_bounded():

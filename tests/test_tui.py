@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytest
 from rich.text import Text
 
+from improv.presets import PresetLibrary
 from improv.session_api import (
     Latency,
     Learn,
@@ -269,6 +270,13 @@ async def test_every_panel_follows_the_snapshot():
                 else:
                     await until(pilot, lambda w=want: w in on_screen(app))
         assert "● rec" not in on_screen(app) and "cc74" not in on_screen(app)
+
+
+def test_preset_names_come_from_a_library_until_the_session_sends_them(tmp_path):
+    (tmp_path / "a.toml").write_text('name = "warm"\n')
+    (tmp_path / "b.toml").write_text('name = "cool"\n')
+    app = ImprovApp(FakeSession(Snapshot()), PresetLibrary([tmp_path]))
+    assert app.preset_names == ("warm", "cool")
 
 
 def test_poll_rate_is_bounded():

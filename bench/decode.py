@@ -110,14 +110,19 @@ def ort_fixed_fill(model: Path, provider: str, threads: int, fill: float, steps:
     return {**summarize(times), "position": pos, "context": e.context}
 
 
-def ort_roll(model: Path, provider: str, threads: int, steps: int) -> dict:
+def ort_roll(model: Path, provider: str, threads: int, steps: int, pace_ms: float = 0.0) -> dict:
+    """Steps across many rolls: flat out, or one step every ``pace_ms`` (a live set's rhythm)."""
     e = Engine(model, provider=provider, threads=threads, background=True)
     e.feed(random_tokens(e.roll_at - 64, seed=3))
     for t in random_tokens(200, seed=4):  # warm-up (includes the first roll's session start)
         e.step(t)
     times, rolling = np.empty(steps), np.zeros(steps, dtype=bool)
     rolls0, waits0 = e.rolls, e.roll_waits
+    next_at = time.perf_counter()
     for i, t in enumerate(random_tokens(steps, seed=5)):
+        if pace_ms:
+            next_at += pace_ms / 1e3
+            time.sleep(max(0.0, next_at - time.perf_counter()))
         before, r = e.rolling, e.rolls
         t0 = time.perf_counter()
         e.step(t)
@@ -125,11 +130,15 @@ def ort_roll(model: Path, provider: str, threads: int, steps: int) -> dict:
         rolling[i] = before or e.rolls != r
     e.close()
     during = summarize(times[rolling]) if rolling.any() else {}
+    outside = summarize(times[~rolling]) if (~rolling).any() else {}
     return {
         **summarize(times), "rolls": e.rolls - rolls0, "roll_waits": e.roll_waits - waits0,
         "steps_during_roll": int(rolling.sum()), "roll_max_ms": during.get("max_ms", 0.0),
-        "roll_median_ms": during.get("median_ms", 0.0), "context": e.context,
-        "roll_at": e.roll_at, "keep": e.keep,
+        "roll_median_ms": during.get("median_ms", 0.0),
+        "roll_p99_ms": during.get("p99_ms", 0.0),
+        "outside_roll_p99_ms": outside.get("p99_ms", 0.0),
+        "outside_roll_max_ms": outside.get("max_ms", 0.0), "context": e.context,
+        "roll_at": e.roll_at, "keep": e.keep, "pace_ms": pace_ms,
     }
 
 
@@ -224,6 +233,9 @@ def ratios(configs: dict) -> dict:
     if roll:
         r["roll_max_ms"] = roll["roll_max_ms"]
         r["roll_ok"] = roll["roll_max_ms"] <= 3.0
+    paced = configs.get("ort_cpu_1t/roll_paced2ms")
+    if paced:
+        r["roll_paced_max_ms"] = paced["roll_max_ms"]
     return r
 
 
@@ -256,10 +268,18 @@ def markdown(res: dict) -> str:
     if "roll_max_ms" in r:
         lines.append(f"| max step during a roll (ms) | {r['roll_max_ms']:.3f} | "
                      f"<= 3 ms: {r['roll_ok']} |")
-    roll = res["configs"].get("ort_cpu_1t/roll")
-    if roll:
-        lines += ["", f"Roll run: {roll['rolls']} rolls, {roll['roll_waits']} waits, "
-                      f"{roll['steps_during_roll']} steps while a re-encode was in flight."]
+    if "roll_paced_max_ms" in r:
+        lines.append(f"| max step during a roll, one step per 2 ms (ms) | "
+                     f"{r['roll_paced_max_ms']:.3f} | |")
+    for name in ("ort_cpu_1t/roll", "ort_cpu_1t/roll_paced2ms"):
+        roll = res["configs"].get(name)
+        if roll:
+            lines += ["", f"{name}: {roll['rolls']} rolls, {roll['roll_waits']} waits, "
+                          f"{roll['steps_during_roll']} steps while a re-encode was in flight, "
+                          f"during them median {roll['roll_median_ms']:.3f} ms, p99 "
+                          f"{roll['roll_p99_ms']:.3f}, max {roll['roll_max_ms']:.3f}; other "
+                          f"steps p99 {roll['outside_roll_p99_ms']:.3f}, max "
+                          f"{roll['outside_roll_max_ms']:.3f}."]
     for name, why in res["skipped"].items():
         lines.append(f"\nSkipped {name}: {why}")
     return "\n".join(lines) + "\n"
@@ -336,6 +356,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 run(f"ort_cpu_{threads}t/fill{round(f * 100)}", ort_fixed_fill, model, "cpu",
                     threads, f, steps)
             run(f"ort_cpu_{threads}t/roll", ort_roll, model, "cpu", threads, steps)
+        run("ort_cpu_1t/roll_paced2ms", ort_roll, model, "cpu", 1, steps, 2.0)
         try:
             Engine(model, provider="cuda", background=False)
             for f in FILLS:

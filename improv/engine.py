@@ -292,6 +292,7 @@ class Engine:
         self.rolls = 0
         self.roll_waits = 0
         self._roll: _Roll | None = None
+        self._abandoned: _Roll | None = None  # dropped, may still be writing the spare cache
         self.reset(style)
 
     def _pick_provider(self, provider: str, threads: int) -> str:
@@ -385,8 +386,8 @@ class Engine:
         """Forget the last ``n`` tokens (an answer cut short by the player).
 
         Slots past the position are masked by the graph, so this only moves the
-        position back; a re-encode in flight is dropped since its snapshot may hold
-        the forgotten tokens. The STYLE token always stays. Feed before sampling:
+        position back; a re-encode in flight is dropped without waiting, since its
+        snapshot may hold the forgotten tokens. The STYLE token always stays. Feed before sampling:
         the logits of the new last token are not kept.
         """
         if n <= 0:
@@ -417,8 +418,9 @@ class Engine:
         )
 
     def close(self) -> None:
-        """Wait for a re-encode in flight (the engine stays usable)."""
+        """Wait for any re-encode thread to end (the engine stays usable)."""
         self._drop_roll()
+        self._spare_free(wait=True)
 
     # --- the window ------------------------------------------------------------------------
 
@@ -433,7 +435,7 @@ class Engine:
             i += len(chunk)
             self._window.extend(chunk)
             self._encode()
-            if len(self._window) >= self.roll_at and self._roll is None:
+            if len(self._window) >= self.roll_at and self._roll is None and self._spare_free():
                 self._start_roll()
         self._busy_s += time.perf_counter() - t0
         self._tokens_run += len(toks)
@@ -471,6 +473,7 @@ class Engine:
 
     def _wait_roll(self) -> None:
         if self._roll is None:
+            self._spare_free(wait=True)
             self._start_roll()
         if self._roll is not None:  # a synchronous roll has swapped already
             self.roll_waits += 1
@@ -492,6 +495,20 @@ class Engine:
         self.rolls += 1
 
     def _drop_roll(self) -> None:
-        roll, self._roll = self._roll, None
-        if roll is not None and roll.thread is not None:
+        """Forget a re-encode in flight without waiting for it (reset, rewind)."""
+        if self._roll is not None:
+            self._spare_free(wait=True)  # at most one thread left behind
+            self._abandoned, self._roll = self._roll, None
+
+    def _spare_free(self, wait: bool = False) -> bool:
+        """Whether no dropped re-encode is still writing the spare cache."""
+        roll = self._abandoned
+        if roll is None:
+            return True
+        if not roll.done.is_set() and not wait:
+            return False
+        roll.done.wait()
+        if roll.thread is not None:
             roll.thread.join()
+        self._abandoned = None
+        return True

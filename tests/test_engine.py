@@ -132,6 +132,43 @@ def test_tokens_during_a_slow_reencode_are_caught_up(tiny, monkeypatch):
     assert e.rolls >= 2 and e.roll_waits >= 1
 
 
+def test_rewind_and_reset_do_not_wait_for_a_reencode(tiny, monkeypatch):
+    d, reference = tiny
+    gate, lock = threading.Event(), threading.Lock()
+    reencode = Engine._reencode
+    seen = {"active": 0, "most": 0, "timeouts": 0}
+
+    def slow(roll, runner):
+        with lock:
+            seen["active"] += 1
+            seen["most"] = max(seen["most"], seen["active"])
+        if not gate.wait(3):
+            seen["timeouts"] += 1  # the engine waited for a dropped re-encode
+        reencode(roll, runner)
+        with lock:
+            seen["active"] -= 1
+
+    monkeypatch.setattr(Engine, "_reencode", staticmethod(slow))
+    e = Engine(d, provider="cpu", background=True)
+    toks = random_tokens(C, seed=8)
+    e.feed(toks[: e.roll_at])
+    assert e.rolling
+    e.rewind(3)  # returns at once: the re-encode is still held at the gate
+    assert not e.rolling and not gate.is_set()
+    logits = e.feed(toks[e.roll_at :])  # on past the threshold: no new roll while it writes
+    np.testing.assert_allclose(logits, reference(e.context_tokens)[-1], atol=TOL)
+    e.reset("folk")
+    assert not gate.is_set() and e.context_tokens == [tk.style_token(3)]
+    gate.set()
+    for t in random_tokens(2 * C, seed=9):
+        logits = e.step(t)
+    np.testing.assert_allclose(logits, reference(e.context_tokens)[-1], atol=TOL)
+    e.close()
+    assert e.rolls >= 1
+    assert seen["timeouts"] == 0  # rewind and reset never waited
+    assert seen["most"] == 1  # and never two re-encodes writing the spare cache at once
+
+
 def test_a_long_feed_is_chunked_to_fit_the_window(tiny):
     d, reference = tiny
     for background in (False, True):

@@ -45,34 +45,15 @@ FILE_TIMEOUT_S = 900
 
 # Top-level folder of music21's corpus -> style. Folders not listed are left out:
 # analyses, exercises, demos, lead sheets and the two atonal composers.
-SOURCE_STYLES: dict[str, str] = {
-    "bach": "chorale",
-    **dict.fromkeys(
-        ["palestrina", "monteverdi", "josquin", "trecento", "ciconia", "luca", "lusitano"],
-        "renaissance",
-    ),
-    **dict.fromkeys(["ryansMammoth", "oneills1850", "airdsAirs", "nottingham-dataset"], "celtic"),
-    **dict.fromkeys(["essenFolksong", "miscFolk"], "folk"),
-    **dict.fromkeys(
-        [
-            "beethoven",
-            "haydn",
-            "mozart",
-            "schumann_robert",
-            "schumann_clara",
-            "schubert",
-            "chopin",
-            "corelli",
-            "cpebach",
-            "handel",
-            "verdi",
-            "weber",
-            "beach",
-            "joplin",
-        ],
-        "classical",
-    ),
+_FOLDERS = {
+    "chorale": "bach",
+    "renaissance": "palestrina monteverdi josquin trecento ciconia luca lusitano",
+    "celtic": "ryansMammoth oneills1850 airdsAirs nottingham-dataset",
+    "folk": "essenFolksong miscFolk",
+    "classical": "beethoven haydn mozart schumann_robert schumann_clara schubert chopin corelli "
+    "cpebach handel verdi weber beach joplin",
 }
+SOURCE_STYLES: dict[str, str] = {f: s for s, fs in _FOLDERS.items() for f in fs.split()}
 # ABC files where each X: tune is one voice of the same piece, not a separate tune.
 VOICES_AS_TUNES = {"josquin"}
 SKIP_SUFFIXES = {".rntxt"}  # Roman-numeral analyses, not music

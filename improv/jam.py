@@ -157,11 +157,24 @@ def build_rig(args: argparse.Namespace, output, inbox=None, ports=(), follower=F
                           on_sent=on_sent)
     options = SessionOptions(lookahead_beats=args.lookahead, seed=args.seed,
                              thru=getattr(args, "thru", False))
+    from improv.controls import Learner, load_bindings, save_bindings
+
+    bindings, problem = load_bindings()
+    if problem is not None:
+        print(f"improv: {problem} (using the default CC bindings)", file=sys.stderr)
     session = Session(engine, clock, scheduler, library, preset, options=options, inbox=inbox,
-                      recorder=recorder, ports=tuple(ports))
+                      recorder=recorder, controls=Learner(bindings), ports=tuple(ports),
+                      on_learned=lambda b: _save_quietly(save_bindings, b))
     if follower:
         session.follower = MidiClockFollower(clock)
     return Rig(session, scheduler, clock, engine, recorder)
+
+
+def _save_quietly(save, bindings) -> None:
+    try:
+        save(bindings)
+    except OSError as e:  # a read-only config folder must not stop the set
+        log.warning("could not save MIDI learn bindings: %s", e)
 
 
 # --- headless -----------------------------------------------------------------------------------
@@ -277,7 +290,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         else:
             from improv.tui import ImprovApp
 
-            app = ImprovApp(rig.session)
+            app = ImprovApp(rig.session, presets=rig.session.presets)
             if args.seconds:
                 threading.Timer(args.seconds, lambda: app.call_from_thread(app.exit)).start()
             app.run()

@@ -40,6 +40,7 @@ import mido
 
 from improv import tokens as tk
 from improv.clock import Clock
+from improv.controls import Bindings, Learner
 from improv.ports import InputQueue
 from improv.presets import Preset, PresetLibrary, apply_overrides
 from improv.sampler import Constraints, Sampler
@@ -115,7 +116,8 @@ class Session:
         options: SessionOptions | None = None,
         inbox: InputQueue | None = None,
         recorder=None,
-        controls=None,
+        controls: Learner | None = None,
+        on_learned: Callable[[Bindings], object] | None = None,
         ports: tuple[PortView, ...] = (),
         on_state: Callable[[State], object] | None = None,
     ) -> None:
@@ -125,7 +127,8 @@ class Session:
         self.presets = presets or PresetLibrary()
         self.options = options or SessionOptions()
         self.recorder = recorder
-        self.controls = controls
+        self.controls = controls  # CC -> knob bindings and MIDI learn
+        self.on_learned = on_learned  # saves the bindings; called on the session thread
         self.ports = ports
         self.on_state = on_state
         # The input port's own queue when there is one: its callback only stamps and enqueues.
@@ -255,7 +258,7 @@ class Session:
                 return
             self._human_note(msg.note, 0, t)
         elif kind == "control_change":
-            self._on_cc(msg.control, msg.value)
+            self._on_cc(msg.control, msg.value, msg.channel)
         elif kind == "program_change":
             if self.options.control_channel is None or msg.channel == self.options.control_channel:
                 self._switch_preset(msg.program + 1, now=False)
@@ -287,16 +290,19 @@ class Session:
             self.recorder.add("human", mido.Message(kind, note=pitch, velocity=velocity),
                               self.clock.time_to_tick(t))
 
-    def _on_cc(self, control: int, value: int) -> None:
+    def _on_cc(self, control: int, value: int, channel: int = 0) -> None:
         pedals = {self.preset.end_call_cc, *self.options.pedal_ccs} - {None}
         if control in pedals and value >= 64 and self.state == State.LISTENING:
             self._end_call("pedal")
             return
         if self.controls is not None:
-            bound = self.controls.on_cc(control, value)
-            if bound is not None:
-                name, knob_value = bound
-                self._set_knob(name, knob_value)
+            done = self.controls.feed(control, value, channel + 1)
+            if done is not None:
+                self._set_knob(done.knob, done.value)
+                if done.learned:
+                    self._say(f"learned: CC {control} -> {done.knob}")
+                    if self.on_learned is not None:
+                        self.on_learned(self.controls.bindings)
 
     # --- call end and response -------------------------------------------------------------------
 
@@ -486,7 +492,9 @@ class Session:
                 self._say(f"tap tempo: {bpm:.1f} BPM")
         elif isinstance(intent, Learn):
             if self.controls is not None:
-                self.controls.learn(intent.knob)
+                self.controls.arm(intent.knob)
+                if intent.knob:
+                    self._say(f"MIDI learn: move a control for {intent.knob}")
         elif isinstance(intent, Panic):
             self.scheduler.panic()
             self._say("panic: all notes off")
@@ -681,7 +689,7 @@ class Session:
             ),
             notes=tuple(self._notes)[-128:],
             learning=getattr(self.controls, "armed", None),
-            bindings=dict(getattr(self.controls, "bindings", {}) or {}),
+            bindings=self.controls.bindings.ccs() if self.controls is not None else {},
             recording=str(getattr(self.recorder, "path", "")) or None,
         )
 

@@ -196,3 +196,38 @@ def test_real_time_session_with_the_real_scheduler(tiny_model_dir, library):
     assert not open_
     time.sleep(0.1)
     assert all(t <= stopped for t, _ in out.sent)
+
+
+def test_midi_learn_binds_a_cc_and_the_cc_turns_the_knob(tiny_model_dir, library):
+    from improv.controls import Bindings, Learner
+    from improv.session_api import Learn
+
+    saved = []
+    s, sim, clock, sched = make_session(tiny_model_dir, library)
+    s.controls, s.on_learned = Learner(Bindings()), saved.append
+    s.send(Learn("temperature"))
+    s._tick_once(0)
+    assert s.controls.armed == "temperature"
+    s.submit(mido.Message("control_change", control=74, value=127), sim.t)
+    s._tick_once(0)
+    assert s.controls.bindings.ccs() == {"temperature": 74}
+    assert saved, "the new binding was not handed over to be saved"
+    assert s.preset.temperature == pytest.approx(2.0)
+    s.submit(mido.Message("control_change", control=74, value=0), sim.t)
+    s._tick_once(0)
+    assert s.preset.temperature == pytest.approx(0.05)
+    assert s.sampler.constraints.temperature == pytest.approx(0.05)
+    s._publish(force=True)
+    assert s.snapshot().bindings == {"temperature": 74}
+
+
+def test_pedal_ends_the_call(tiny_model_dir, library):
+    s, sim, clock, sched = make_session(tiny_model_dir, library, end_call_cc=67)
+    s.submit(mido.Message("note_on", note=60, velocity=80), sim.t)
+    s._tick_once(0)
+    assert s.state == State.LISTENING
+    sim.t += 0.1
+    s.submit(mido.Message("control_change", control=67, value=127), sim.t)
+    s._tick_once(0)
+    assert s.state in (State.THINKING, State.RESPONDING)
+    assert s.engine.context_tokens.count(tk.TURN) == 1

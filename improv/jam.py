@@ -43,6 +43,8 @@ def default_model_dir() -> Path:
     if env:
         return Path(env)
     models = repo_root() / "models"
+    if not models.is_dir():  # installed from a wheel: the shipped models sit in the package
+        models = Path(__file__).resolve().parent / "_models"
     found = sorted(p.parent for p in models.glob("*/model.onnx"))
     if not found:
         raise JamError(

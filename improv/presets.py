@@ -371,11 +371,14 @@ def to_toml(preset: Preset) -> str:
 
 
 def shipped_preset_dir() -> Path:
-    """``$IMPROV_PRESETS`` if set, else the repository's ``presets/`` folder."""
+    """``$IMPROV_PRESETS`` if set, else the checkout's ``presets/`` folder, else the copy
+    a wheel installs as ``improv/_presets`` (see pyproject's package-dir)."""
     env = os.environ.get("IMPROV_PRESETS")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "presets"
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "presets"
+    return checkout if checkout.is_dir() else here / "_presets"
 
 
 def user_preset_dir() -> Path:

@@ -59,6 +59,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument(
         "--from",
         dest="from_",
+        metavar="MODEL_DIR",
         type=Path,
         default=None,
         help="start from this model directory (fine-tuning)",

@@ -33,6 +33,15 @@ TINY_FLAGS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors run fastest on one thread; train.main sets threads, so restore them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_piece(rng: random.Random, style: int, n_notes: int) -> list[int]:
     t, events = 0, []
     for _ in range(n_notes):

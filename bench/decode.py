@@ -110,9 +110,11 @@ def ort_fixed_fill(model: Path, provider: str, threads: int, fill: float, steps:
     return {**summarize(times), "position": pos, "context": e.context}
 
 
-def ort_roll(model: Path, provider: str, threads: int, steps: int, pace_ms: float = 0.0) -> dict:
+def ort_roll(model: Path, provider: str, threads: int, steps: int, pace_ms: float = 0.0,
+             inline_chunk: int = 0) -> dict:
     """Steps across many rolls: flat out, or one step every ``pace_ms`` (a live set's rhythm)."""
-    e = Engine(model, provider=provider, threads=threads, background=True)
+    e = Engine(model, provider=provider, threads=threads, background=True,
+               inline_chunk=inline_chunk)
     e.feed(random_tokens(e.roll_at - 64, seed=3))
     for t in random_tokens(200, seed=4):  # warm-up (includes the first roll's session start)
         e.step(t)
@@ -138,7 +140,7 @@ def ort_roll(model: Path, provider: str, threads: int, steps: int, pace_ms: floa
         "roll_p99_ms": during.get("p99_ms", 0.0),
         "outside_roll_p99_ms": outside.get("p99_ms", 0.0),
         "outside_roll_max_ms": outside.get("max_ms", 0.0), "context": e.context,
-        "roll_at": e.roll_at, "keep": e.keep, "pace_ms": pace_ms,
+        "roll_at": e.roll_at, "keep": e.keep, "pace_ms": pace_ms, "inline_chunk": inline_chunk,
     }
 
 
@@ -236,6 +238,9 @@ def ratios(configs: dict) -> dict:
     paced = configs.get("ort_cpu_1t/roll_paced2ms")
     if paced:
         r["roll_paced_max_ms"] = paced["roll_max_ms"]
+    inline = configs.get("ort_cpu_1t/roll_inline8")
+    if inline:
+        r["roll_inline_max_ms"] = inline["roll_max_ms"]
     return r
 
 
@@ -271,7 +276,10 @@ def markdown(res: dict) -> str:
     if "roll_paced_max_ms" in r:
         lines.append(f"| max step during a roll, one step per 2 ms (ms) | "
                      f"{r['roll_paced_max_ms']:.3f} | |")
-    for name in ("ort_cpu_1t/roll", "ort_cpu_1t/roll_paced2ms"):
+    if "roll_inline_max_ms" in r:
+        lines.append(f"| max step during a roll, inline re-encode 8 tokens a step (ms) | "
+                     f"{r['roll_inline_max_ms']:.3f} | |")
+    for name in ("ort_cpu_1t/roll", "ort_cpu_1t/roll_paced2ms", "ort_cpu_1t/roll_inline8"):
         roll = res["configs"].get(name)
         if roll:
             lines += ["", f"{name}: {roll['rolls']} rolls, {roll['roll_waits']} waits, "
@@ -357,6 +365,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                     threads, f, steps)
             run(f"ort_cpu_{threads}t/roll", ort_roll, model, "cpu", threads, steps)
         run("ort_cpu_1t/roll_paced2ms", ort_roll, model, "cpu", 1, steps, 2.0)
+        run("ort_cpu_1t/roll_inline8", ort_roll, model, "cpu", 1, steps, 0.0, 8)
         try:
             Engine(model, provider="cuda", background=False)
             for f in FILLS:

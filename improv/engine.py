@@ -28,7 +28,10 @@ arrive meanwhile are kept and encoded into the new cache together with the first
 token after the re-encode ends, and the caches swap between two steps. The hot
 path waits only if the window fills first (counted in ``stats.roll_waits``).
 ``background=False`` does the same re-encode synchronously, for tests and
-reproducible runs.
+reproducible runs. ``inline_chunk=n`` runs it on the engine's own thread instead,
+n tokens after each step: no second runnable thread (on an oversubscribed CPU
+that thread is what stretches the hot path's tail, see bench/decode.py), at the
+price of a dearer step while it lasts.
 
 Why re-encode rather than slide a RoPE window over a ring buffer: the model then
 always sees what it was trained on, a STYLE token at position 0 followed by a
@@ -250,6 +253,7 @@ class _Roll:
     def __init__(self, snapshot: list[int], start_len: int, cache):
         self.snapshot, self.start_len, self.cache = snapshot, start_len, cache
         self.logits: np.ndarray | None = None
+        self.encoded = 0  # snapshot tokens in the cache so far (inline re-encode)
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
@@ -268,6 +272,7 @@ class Engine:
         background: bool = True,
         device_cache: bool = True,
         style: str | int | None = None,
+        inline_chunk: int = 0,
     ):
         if provider not in ("auto", "cpu", "cuda"):
             raise ModelError(f"provider {provider!r} is unknown; use auto, cpu or cuda")
@@ -282,12 +287,13 @@ class Engine:
         if self.keep < 1:
             raise ModelError(f"keep = {keep} leaves nothing to re-encode; use keep >= 1")
         self.background = background
+        self.inline_chunk = max(0, inline_chunk) if background else 0
         self.provider = self._pick_provider(provider, threads)
         path = self.model_dir / "model.onnx"
         self._threads = threads
         self._hot = self._runner(path)
         self._check_io(self._hot.decode)
-        self._bg = self._runner(path) if background else self._hot
+        self._bg = self._runner(path) if background and not self.inline_chunk else self._hot
         on_device = self.provider == "cuda" and device_cache
         self._caches = [self._new_cache(on_device) for _ in range(2)]
         self._times = np.zeros(4096)
@@ -442,6 +448,8 @@ class Engine:
             self._encode()
             if len(self._window) >= self.roll_at and self._roll is None and self._spare_free():
                 self._start_roll()
+            elif self._roll is not None and self.inline_chunk:
+                self._reencode_some(self._roll, self.inline_chunk)
         self._busy_s += time.perf_counter() - t0
         self._tokens_run += len(toks)
         return self.logits
@@ -462,6 +470,8 @@ class Engine:
             self._reencode(roll, self._hot)
             self._swap()
             return
+        if self.inline_chunk:
+            return
         roll.thread = threading.Thread(
             target=self._reencode, args=(roll, self._bg), name="improv-reencode"
         )
@@ -476,12 +486,23 @@ class Engine:
         finally:
             roll.done.set()
 
+    def _reencode_some(self, roll: _Roll, n: int) -> None:
+        """The next ``n`` snapshot tokens of an inline re-encode, on this thread."""
+        end = min(roll.encoded + n, len(roll.snapshot))
+        toks = np.array(roll.snapshot[roll.encoded : end], np.int64)
+        roll.logits = roll.cache.run(self._hot, toks, roll.encoded)
+        roll.encoded = end
+        if end == len(roll.snapshot):
+            roll.done.set()
+
     def _wait_roll(self) -> None:
         if self._roll is None:
             self._spare_free(wait=True)
             self._start_roll()
         if self._roll is not None:  # a synchronous roll has swapped already
             self.roll_waits += 1
+            if self._roll.thread is None and not self._roll.done.is_set():
+                self._reencode_some(self._roll, len(self._roll.snapshot))
             self._roll.done.wait()
             self._swap()
 
@@ -501,7 +522,9 @@ class Engine:
 
     def _drop_roll(self) -> None:
         """Forget a re-encode in flight without waiting for it (reset, rewind)."""
-        if self._roll is not None:
+        if self._roll is not None and self._roll.thread is None:
+            self._roll = None  # inline: nothing runs on
+        elif self._roll is not None:
             self._spare_free(wait=True)  # at most one thread left behind
             self._abandoned, self._roll = self._roll, None
 

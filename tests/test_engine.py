@@ -79,9 +79,10 @@ def test_sync_roll_equals_a_fresh_engine_on_style_and_last_k(tiny):
     assert checked >= 3 and e.rolls == checked and e.roll_waits == 0
 
 
-def test_background_roll_keeps_exact_logits_past_three_windows(tiny):
+@pytest.mark.parametrize("inline_chunk", [0, 5])
+def test_background_roll_keeps_exact_logits_past_three_windows(tiny, inline_chunk):
     d, reference = tiny
-    e = Engine(d, provider="cpu", background=True)
+    e = Engine(d, provider="cpu", background=True, inline_chunk=inline_chunk)
     e.reset("chorale")
     toks = random_tokens(4 * C, seed=3)
     for i, t in enumerate(toks):
@@ -93,6 +94,8 @@ def test_background_roll_keeps_exact_logits_past_three_windows(tiny):
             np.testing.assert_allclose(logits, reference(ctx)[-1], atol=TOL)
     e.close()
     assert e.rolls >= 3
+    if inline_chunk:  # 33 tokens in chunks of 5 end well before the window fills
+        assert e.roll_waits == 0
     s = e.stats
     assert s.steps == len(toks) and s.rolls == e.rolls and s.median_ms > 0
 

@@ -212,7 +212,7 @@ class Sampler:
     ):
         self.rng = np.random.default_rng(seed)
         self.constraints = constraints or Constraints()
-        self.allow_turn = False
+        self._allow_turn = False
         self._meter0 = tk.Meter(*meter)
         self.fallbacks = 0  # how often the model offered nothing allowed
         self.reset()
@@ -260,6 +260,16 @@ class Sampler:
     def update(self, **changes: object) -> None:
         """Change some constraints (a knob turned): ``sampler.update(temperature=0.7)``."""
         self.set_constraints(replace(self.constraints, **changes))
+
+    @property
+    def allow_turn(self) -> bool:
+        """Whether the machine may hand over (TURN); the session sets it."""
+        return self._allow_turn
+
+    @allow_turn.setter
+    def allow_turn(self, value: bool) -> None:
+        self._allow_turn = bool(value)
+        self._mask = None
 
     @property
     def next_bar_line(self) -> int:
@@ -369,6 +379,7 @@ class Sampler:
         if self._mask is None or self._key_dirty:
             self.key  # noqa: B018 - refreshes the scale when the key changed
             self._mask = self._build_mask()
+            self._mask.flags.writeable = False
             self._allowed_idx = np.flatnonzero(self._mask)
         return self._mask
 
@@ -381,9 +392,9 @@ class Sampler:
         if overdue:
             m[[tk.note_off_token(p) for p in overdue]] = True
             return m
-        on = self._note_on_mask()
-        if self.velocity_bin < 0 and not self.velocity_pending:
-            on[:] = False  # as the encoder: the first NOTE_ON of a stream follows a VELOCITY
+        free = self._note_on_mask()
+        # As the encoder: the first NOTE_ON of a stream follows a VELOCITY.
+        on = free if self.velocity_bin >= 0 else np.zeros_like(free)
         if self.velocity_pending:
             if not on.any():  # cannot happen through sample(); relax to the grammar alone
                 on = np.ones(tk.N_PITCHES, dtype=bool)
@@ -392,7 +403,7 @@ class Sampler:
             if on.any():
                 return m
         m[_ON] = on
-        if self._note_on_mask().any():
+        if free.any():
             m[_VEL] = True
             if self.velocity_bin >= 0:
                 m[tk.VELOCITY_BASE + self.velocity_bin] = False

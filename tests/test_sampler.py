@@ -275,3 +275,15 @@ def test_from_preset_reads_preset_fields():
     assert c.max_note_ticks == 48 and c.key == "G mixolydian" and c.top_k == 20
     stream, _ = run(c, 1000, seed=5)
     assert_valid_midi(stream)
+
+
+def test_turn_only_while_allowed():
+    s = Sampler(seed=0)
+    s.observe_all([tk.style_token(0), tk.BAR])
+    x = np.zeros(V)
+    x[tk.TURN] = 50.0  # the model wants to hand over
+    assert s.sample(x) != tk.TURN
+    s.allow_turn = True
+    assert s.sample(x) == tk.TURN
+    s.observe(tk.velocity_token(4))  # but never between a VELOCITY and its NOTE_ON
+    assert tk.is_note_on(s.sample(x))

@@ -160,13 +160,17 @@ class Session:
         self.error: BaseException | None = None
         self._program_sent = False
         self._fed = 0  # tokens that entered the engine, to rewind by count across rolls
+        # Stream ticks = clock ticks + offset: a MIDI master may move the song position,
+        # but the token stream's time only runs forward (see _transport).
+        self._offset = 0
         self.follower = None  # a MidiClockFollower when slaved to MIDI beat clock
+        self.ingest_ms: deque[float] = deque(maxlen=4096)  # note in -> tokens fed (bench/)
 
     # --- public surface ----------------------------------------------------------------------
 
     def start(self, thread: bool = True) -> Session:
         """Open the stream; with ``thread=False`` the caller drives ``_tick_once`` (simulation)."""
-        self._start_stream(self.clock.now_tick())
+        self._start_stream(self._now())
         if thread:
             self._thread = threading.Thread(target=self._run, name="improv-session", daemon=True)
             self._thread.start()
@@ -246,7 +250,11 @@ class Session:
             msg, "channel", None) == self.options.control_channel
         if kind in CLOCK_MESSAGES:
             if self.follower is not None:
+                if kind != "clock" and self._response is not None:
+                    self._barge_in(int(self._now()))  # the master moves: the answer stops
                 self.follower.feed_message(msg, t)
+                if kind != "clock":
+                    self._transport()
             return
         if kind == "note_on" and msg.velocity > 0:
             if control:
@@ -266,7 +274,7 @@ class Session:
             self.scheduler.schedule(msg.copy(channel=self._channel()), 0.0, tag="thru")
 
     def _human_note(self, pitch: int, velocity: int, t: float) -> None:
-        tick = max(self.clock.nearest_tick(t), 0)
+        tick = max(self.clock.nearest_tick(t) + self._offset, 0)
         if velocity > 0 and self._response is not None:
             if self.preset.mode == "call_response":
                 self._barge_in(tick)
@@ -284,11 +292,12 @@ class Session:
             toks = self.encoder.note_off(tick, pitch)
         self._last_human = t
         self._feed(toks, human=True)
+        self.ingest_ms.append((self.clock.time_fn() - t) * 1000.0)
         self._view("human", pitch, velocity, tick)
         if self.recorder is not None:
             kind = "note_on" if velocity else "note_off"
             self.recorder.add("human", mido.Message(kind, note=pitch, velocity=velocity),
-                              self.clock.time_to_tick(t))
+                              max(0.0, self.clock.time_to_tick(t)))
 
     def _on_cc(self, control: int, value: int, channel: int = 0) -> None:
         pedals = {self.preset.end_call_cc, *self.options.pedal_ccs} - {None}
@@ -313,16 +322,16 @@ class Session:
         beat_s = self.clock.beat_ticks * self.clock.seconds_per_tick
         if not self._keys_down and now - self._last_human >= self.preset.silence_beats * beat_s:
             self._end_call("silence")
-        elif self.clock.now_tick() - self._call_start >= \
+        elif self._now() - self._call_start >= \
                 self.preset.max_call_bars * self.clock.bar_ticks:
             self._end_call("max length")
 
     def _end_call(self, why: str) -> None:
         """Hand over: TURN, place the response on the grid, start generating."""
-        now_tick = self.clock.now_tick()
+        now_tick = self._now()
         lead = self.options.min_lead_ms / 1000.0 / self.clock.seconds_per_tick
         line = self.clock.next_bar if self.preset.response_start == "bar" else self.clock.next_beat
-        start = line(now_tick + lead)
+        start = line(now_tick + lead - self._offset) + self._offset
         call_ticks = max(1, int(now_tick) - (self._call_start or 0))
         bars = self.preset.response_bars or -(-call_ticks // self.clock.bar_ticks)
         bars = min(max(1, bars), MAX_RESPONSE_BARS)
@@ -346,7 +355,7 @@ class Session:
             call_encoder=call_encoder,
             call_sampler=call_sampler,
             call_start=call_start,
-            planned_time=self.clock.tick_to_time(start),
+            planned_time=self._time_of(start),
         )
         self._set_state(State.THINKING)
         bar = start // self.clock.bar_ticks + 1
@@ -356,15 +365,15 @@ class Session:
         r = self._response
         if r is None:
             return False
-        horizon = self.clock.now_tick() + self.options.lookahead_beats * self.clock.beat_ticks
+        horizon = self._now() + self.options.lookahead_beats * self.clock.beat_ticks
         return self.encoder.tick < min(horizon, r.end_tick) or self.encoder.tick >= r.end_tick
 
     def _generate(self) -> None:
         r = self._response
         if r is None:
             return
-        horizon = self.clock.now_tick() + self.options.lookahead_beats * self.clock.beat_ticks
-        if self.state == State.THINKING and self.clock.now_tick() >= r.start_tick:
+        horizon = self._now() + self.options.lookahead_beats * self.clock.beat_ticks
+        if self.state == State.THINKING and self._now() >= r.start_tick:
             self._set_state(State.RESPONDING)
         steps = 0
         while self.encoder.tick < min(horizon, r.end_tick) and steps < 256:
@@ -543,7 +552,7 @@ class Session:
         if now or preset.switch == "now" or self.state == State.IDLE:
             if self._response is not None:
                 self.scheduler.cancel(RESPONSE)
-                self._barge_in(int(self.clock.now_tick()))
+                self._barge_in(int(self._now()))
             self._pending_preset = preset
             self._apply_pending_preset()
         else:
@@ -577,8 +586,21 @@ class Session:
 
     # --- helpers ------------------------------------------------------------------------------
 
+    def _now(self) -> float:
+        return self.clock.now_tick() + self._offset
+
+    def _time_of(self, tick: float) -> float:
+        return self.clock.tick_to_time(tick - self._offset)
+
+    def _transport(self) -> None:
+        """The master started or moved: realign the stream's bars on its bars, time going on."""
+        bar = self.clock.bar_ticks
+        lag = self.encoder.tick - self.clock.now_tick()
+        self._offset = max(0, -(-int(lag) // bar)) * bar if lag > 0 else 0
+        self._say(f"MIDI clock: transport at bar {int(self.clock.now_tick()) // bar + 1}")
+
     def _start_stream(self, now_tick: float) -> None:
-        start = self.clock.bar_start(now_tick)
+        start = self.clock.bar_start(now_tick - self._offset) + self._offset
         self.encoder = tk.StreamEncoder(
             meter=tk.Meter(self.clock.meter.numerator, self.clock.meter.denominator),
             tick=start, bar_start=start)
@@ -621,7 +643,7 @@ class Session:
         eighth = tk.TICKS_PER_QUARTER // 2
         if swing and tick % tk.TICKS_PER_QUARTER == eighth:
             tick += swing * eighth
-        t = self.clock.tick_to_time(tick)
+        t = self._time_of(tick)
         if humanize and self.preset.humanize_ms:
             t += self._rng.gauss(0.0, self.preset.humanize_ms / 2000.0)
         return t
@@ -667,7 +689,7 @@ class Session:
         names = tuple(p.name for p in self.presets)
         self._snapshot = Snapshot(
             state=self.state,
-            beat=self.clock.now_tick() / self.clock.beat_ticks,
+            beat=self._now() / self.clock.beat_ticks,
             bpm=self.clock.bpm,
             meter=(self.clock.meter.numerator, self.clock.meter.denominator),
             clock_source="midi" if self.follower is not None else "internal",

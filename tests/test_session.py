@@ -231,3 +231,36 @@ def test_pedal_ends_the_call(tiny_model_dir, library):
     s._tick_once(0)
     assert s.state in (State.THINKING, State.RESPONDING)
     assert s.engine.context_tokens.count(tk.TURN) == 1
+
+
+def test_following_a_midi_clock_master_that_moves_the_song_position(tiny_model_dir, library):
+    """A DAW as master: the answer lands on the master's beats, before and after a jump."""
+    from improv.clock import MidiClockFollower
+
+    s, sim, clock, sched = make_session(tiny_model_dir, library, humanize_ms=0.0, swing=0.0,
+                                        response_start="beat", silence_beats=1.0)
+    s.follower = MidiClockFollower(clock)
+    spp = 60.0 / 100.0 / 24  # the master plays 100 BPM, the session started at 160
+    t0 = sim.t + 0.01
+    pulses = [t0 + i * spp for i in range(24 * 40)]
+
+    def master(events):
+        events.append((t0 - sim.t, mido.Message("start")))
+        events.extend((p - sim.t, mido.Message("clock")) for p in pulses)
+
+    beats = [t0 + i * 24 * spp for i in range(40)]
+    script = call_script(100.0, stop_at=0)
+    script.events = [(e[0] + 2.0, e[1]) for e in script.events]
+    master(script.events)
+    script.stop_at = 12.0
+    run(s, sim, sched, script, check=no_stuck)
+    assert clock.bpm == pytest.approx(100.0, rel=0.01)
+    first = next(x for x in machine_notes(sched) if x.msg.type == "note_on")
+    assert min(abs(first.t - b) for b in beats) < 0.002, "the answer is off the master's beat"
+    # The master jumps back to bar 1: the stream's time must still only run forward.
+    before = s.encoder.tick
+    s.submit(mido.Message("songpos", pos=0), sim.t)
+    s.submit(mido.Message("continue"), sim.t)
+    s._tick_once(0)
+    assert s._now() >= before
+    assert s._offset % clock.bar_ticks == 0

@@ -1,21 +1,20 @@
-"""The training corpus: music21's corpus and the user's own .mid files as token pieces.
+"""``improv data``: music21's corpus and the user's own .mid files as a token corpus.
 
-This module owns the corpus builder (``improv data``), the on-disk dataset
-format and the batch sampler the trainer draws from.
+This module owns the corpus builder: which files are sources and what style each
+is (``corpus_sources``, ``midi_sources``), converting each file in a worker under
+a timeout (``convert_source``, via :mod:`improv.pieces`), a per-file cache so a
+re-run skips finished work, the deterministic train/val split, ``summary.json``
+and its table, and the command line. The format it writes and the batch sampler
+the trainer draws from live in :mod:`improv.dataset`.
 
 A piece is one tune or movement: its tokens start with its STYLE token, then
 the file encoder's stream (``tokens.encode_events``) with TURN markers at
 phrase boundaries, so the model learns where one player hands over.
 
-On disk (``corpus_dir``)::
+Besides the splits, ``corpus_dir`` holds::
 
-    {train,val}_tokens.npy   uint16, all pieces concatenated
-    {train,val}_index.npz    starts (int64, n+1 boundaries), styles (int16, n)
-    {train,val}_names.json   piece ids, e.g. "bach/bwv66.6", "essenFolksong/han1#12"
     summary.json             per-style counts, skipped files, style slots, build time
     cache/                   one file per source file, so a re-run skips finished work
-
-Transposition is augmentation at sample time (``sample_batch``), not stored.
 """
 
 from __future__ import annotations
@@ -34,11 +33,17 @@ from pathlib import Path
 import numpy as np
 
 from improv import tokens as tk
-from improv.tokens import Note
+from improv.dataset import (
+    DataError,
+    atomic_write,
+    augmentation_factor,
+    default_corpus_dir,
+    load_split,
+    write_split,
+)
+from improv.pieces import encode_piece, score_from_music21
 
 BUILDER_VERSION = 3
-TICKS = tk.TICKS_PER_QUARTER
-DEFAULT_VELOCITY = 80
 VAL_FRACTION = 0.05
 MIN_VAL_PER_STYLE = 3
 FILE_TIMEOUT_S = 900
@@ -57,341 +62,6 @@ SOURCE_STYLES: dict[str, str] = {f: s for s, fs in _FOLDERS.items() for f in fs.
 # ABC files where each X: tune is one voice of the same piece, not a separate tune.
 VOICES_AS_TUNES = {"josquin"}
 SKIP_SUFFIXES = {".rntxt"}  # Roman-numeral analyses, not music
-
-
-class DataError(Exception):
-    """Bad input to the corpus builder; the message says what to do."""
-
-
-# --- dataset on disk ---------------------------------------------------------------------
-
-
-@dataclass
-class Split:
-    tokens: np.ndarray  # uint16, all pieces concatenated; each piece starts with its STYLE token
-    starts: np.ndarray  # int64 [n_pieces + 1] piece boundaries into tokens
-    styles: np.ndarray  # int16 [n_pieces] style index
-    names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def piece(self, i: int) -> np.ndarray:
-        return self.tokens[self.starts[i] : self.starts[i + 1]]
-
-
-def default_corpus_dir() -> Path:
-    env = os.environ.get("IMPROV_CORPUS")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "improv" / "corpus"
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def write_split(corpus_dir, split: str, pieces: list[tuple[str, int, list[int]]]) -> None:
-    """Write pieces ``(name, style index, tokens starting with the STYLE token)``."""
-    d = Path(corpus_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    lengths = [len(t) for _, _, t in pieces]
-    starts = np.zeros(len(pieces) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    toks = np.empty(int(starts[-1]), dtype=np.uint16)
-    for (name, style, t), a, b in zip(pieces, starts[:-1], starts[1:], strict=True):
-        if not t or t[0] != tk.style_token(style):
-            raise ValueError(f"piece {name!r} does not start with its STYLE token")
-        toks[a:b] = t
-    styles = np.array([s for _, s, _ in pieces], dtype=np.int16)
-    _atomic_write(d / f"{split}_tokens.npy", lambda f: np.save(f, toks))
-    _atomic_write(d / f"{split}_index.npz", lambda f: np.savez(f, starts=starts, styles=styles))
-    names = json.dumps([n for n, _, _ in pieces]).encode()
-    _atomic_write(d / f"{split}_names.json", lambda f: f.write(names))
-
-
-def load_split(corpus_dir: Path | str, split: str) -> Split:
-    d = Path(corpus_dir)
-    path = d / f"{split}_tokens.npy"
-    if not path.exists():
-        raise DataError(
-            f"no {split} split in {d}; build the corpus first with: improv data --out {d}"
-        )
-    toks = np.load(path)
-    with np.load(d / f"{split}_index.npz") as z:
-        starts, styles = z["starts"].astype(np.int64), z["styles"].astype(np.int16)
-    names = json.loads((d / f"{split}_names.json").read_text())
-    return Split(toks, starts, styles, names)
-
-
-# --- sampling ----------------------------------------------------------------------------
-
-
-def transpose_tokens(tokens: np.ndarray, semitones: int) -> np.ndarray | None:
-    """Tokens with every note moved by ``semitones``; None if a note leaves 21..108."""
-    t = np.asarray(tokens)
-    if semitones == 0:
-        return t.copy()
-    out = t.astype(np.int64)
-    for base in (tk.NOTE_ON_BASE, tk.NOTE_OFF_BASE):
-        mask = (out >= base) & (out < base + tk.N_PITCHES)
-        moved = out[mask] + semitones
-        if moved.size and (moved.min() < base or moved.max() >= base + tk.N_PITCHES):
-            return None
-        out[mask] = moved
-    return out.astype(t.dtype)
-
-
-def sample_batch(
-    split: Split,
-    batch_size: int,
-    context: int,
-    rng: np.random.Generator,
-    transpose: bool = True,
-    max_shift: int = 6,
-) -> np.ndarray:
-    """Rows ``[STYLE] + crop`` of ``context`` tokens, pieces weighted by length, PAD-filled."""
-    lengths = np.diff(split.starts) - 1  # tokens after the STYLE token
-    if len(lengths) == 0 or lengths.sum() <= 0:
-        raise DataError("the split has no tokens; rebuild the corpus with: improv data")
-    p = lengths / lengths.sum()
-    out = np.full((batch_size, context + 1), tk.PAD, dtype=np.int64)
-    for row, i in enumerate(rng.choice(len(lengths), size=batch_size, p=p)):
-        a = int(split.starts[i])
-        body = split.tokens[a + 1 : a + 1 + int(lengths[i])]
-        start = int(rng.integers(0, max(0, len(body) - context) + 1))
-        crop = body[start : start + context]
-        if transpose and max_shift > 0:
-            for _ in range(4):
-                moved = transpose_tokens(crop, int(rng.integers(-max_shift, max_shift + 1)))
-                if moved is not None:
-                    crop = moved
-                    break
-        out[row, 0] = split.tokens[a]
-        out[row, 1 : 1 + len(crop)] = crop
-    return out
-
-
-def augmentation_factor(split: Split, max_shift: int = 6) -> float:
-    """Mean number of transpositions in [-max_shift, max_shift] each piece admits."""
-    if not len(split):
-        return 0.0
-    counts = []
-    for i in range(len(split)):
-        body = split.piece(i)[1:].astype(np.int64)
-        on = body[(body >= tk.NOTE_ON_BASE) & (body < tk.NOTE_OFF_BASE)] - tk.NOTE_ON_BASE
-        if on.size == 0:
-            counts.append(1)
-            continue
-        lo, hi = int(on.min()), int(on.max())
-        down = min(max_shift, lo)
-        up = min(max_shift, tk.N_PITCHES - 1 - hi)
-        counts.append(down + up + 1)
-    return float(np.mean(counts))
-
-
-# --- music21 -> notes --------------------------------------------------------------------
-
-
-def _ticks(quarters) -> int:
-    return int(round(float(quarters) * TICKS))
-
-
-def _velocity(obj) -> int:
-    vol = getattr(obj, "volume", None)
-    v = getattr(vol, "velocity", None) if vol is not None else None
-    return int(v) if v else DEFAULT_VELOCITY
-
-
-def score_from_music21(m21) -> tuple:
-    """An ``improv.midifile.Score`` for one music21 Score (or Part); returns (score, stats).
-
-    Tied notes are joined here rather than with music21's ``stripTies``, which
-    copies and re-sorts the whole score and took most of the build time.
-    """
-    from music21 import harmony, meter, note, tempo
-
-    from improv.midifile import Score
-
-    parts = list(getattr(m21, "parts", [])) or [m21]
-    flats = [p.flatten() for p in parts]
-    notes: list[Note] = []
-    grace = unpitched = 0
-    for k, flat in enumerate(flats):
-        base = float(parts[k].offset) if parts[k] is not m21 else 0.0
-        ties: dict[float, list] = {}  # pitch -> the open tied note [start, end, pitch, vel]
-        for el in flat.notes:
-            if isinstance(el, harmony.Harmony):
-                continue  # chord symbols are annotations, not sounding notes
-            if isinstance(el, note.Unpitched) or not hasattr(el, "pitches"):
-                unpitched += 1
-                continue
-            ql = float(el.duration.quarterLength)
-            if ql <= 0 or el.duration.isGrace:
-                grace += 1
-                continue
-            off = base + float(el.offset)
-            start, end = _ticks(off), _ticks(off + ql)
-            vel = _velocity(el)
-            members = el.notes if hasattr(el, "notes") and el.notes else [el]
-            for n in members:
-                ps, tie = n.pitch.ps, (n.tie.type if n.tie is not None else None)
-                held = ties.get(ps)
-                if held is not None and tie in ("continue", "stop") and abs(start - held[1]) <= 1:
-                    held[1] = end
-                    if tie == "stop":
-                        notes.append(_note(ties.pop(ps)))
-                    continue
-                if held is not None:  # a tie that never stopped: the note ends where it got to
-                    notes.append(_note(ties.pop(ps)))
-                item = [start, end, int(round(ps)), vel]
-                if tie in ("start", "continue"):
-                    ties[ps] = item
-                else:
-                    notes.append(_note(item))
-        notes += [_note(item) for item in ties.values()]
-    notes = _one_note_per_key(notes)
-    time_sigs = flats[0].getElementsByClass(meter.TimeSignature)
-    meters = _meters(parts[0], list(time_sigs))
-    tempos = []
-    for flat in flats:
-        for mm in flat.getElementsByClass(tempo.MetronomeMark):
-            bpm = mm.getQuarterBPM()
-            if bpm:
-                tempos.append((_ticks(mm.offset), int(round(60_000_000 / bpm))))
-    tempos = sorted(dict(sorted(tempos)).items()) or [(0, 500_000)]
-    if tempos[0][0] != 0:
-        tempos.insert(0, (0, tempos[0][1]))
-    end_tick = max([n.end for n in notes] + [_ticks(m21.highestTime)])
-    score = Score(notes=notes, tempos=tempos, meters=meters, end_tick=end_tick)
-    return score, {"grace": grace, "unpitched": unpitched}
-
-
-def _note(item: list) -> Note:
-    start, end, pitch, vel = item
-    return Note(start, max(end, start + 1), pitch, vel)
-
-
-def _one_note_per_key(notes: list[Note]) -> list[Note]:
-    """Overlapping notes of one pitch become what a keyboard plays: the key sounds
-    as long as any of them does, struck again at each later onset.
-
-    Voices in unison would otherwise encode as NOTE_ON, NOTE_OFF, NOTE_ON, and
-    overlaps would not survive a trip through a MIDI file unchanged.
-    """
-    by_pitch: dict[int, list[list[int]]] = {}
-    for n in sorted(notes):
-        held = by_pitch.setdefault(n.pitch, [])
-        if held and held[-1][0] == n.start:
-            held[-1][1] = max(held[-1][1], n.end)
-        elif held and n.start < held[-1][1]:
-            end = max(held[-1][1], n.end)
-            held[-1][1] = n.start
-            held.append([n.start, end, n.velocity])
-        else:
-            held.append([n.start, n.end, n.velocity])
-    return sorted(Note(a, b, p, v) for p, held in by_pitch.items() for a, b, v in held)
-
-
-def _meter_for(length: int) -> tuple[int, int] | None:
-    """A meter whose bar is ``length`` ticks (a pickup or a short bar), if one fits."""
-    for den in (4, 8, 16, 32):
-        unit = TICKS * 4 // den
-        if length % unit == 0:
-            return length // unit, den
-    return None
-
-
-def _meters(part, time_sigs: list) -> list[tuple[int, int, int]]:
-    """Meter changes, with a bar of its own length wherever a measure is short or long.
-
-    A pickup or a short bar before a repeat would otherwise shift every later
-    BAR token. Such a bar gets the meter that fits it (a quarter pickup in 4/4
-    is a 1/4 bar), and the written meter resumes after it, as a MIDI file
-    would say it.
-    """
-    written: dict[int, tuple[int, int]] = {}
-    for ts in time_sigs:
-        written.setdefault(_ticks(ts.offset), (ts.numerator, ts.denominator))
-    out = dict(written)
-    starts = sorted({_ticks(m.offset) for m in part.getElementsByClass("Measure")})
-    cur = written.get(0, (4, 4))
-    for a, b in zip(starts, starts[1:], strict=False):
-        cur = written.get(a, cur)
-        if b - a != tk.Meter(*cur).bar_ticks and (fit := _meter_for(b - a)):
-            out[a] = fit
-            out.setdefault(b, cur)
-    if 0 not in out:
-        out[0] = (4, 4)
-    merged: list[tuple[int, int, int]] = []
-    for t, (n, d) in sorted(out.items()):
-        if merged and (merged[-1][1], merged[-1][2]) == (n, d):
-            bar = tk.Meter(n, d).bar_ticks
-            if (t - merged[-1][0]) % bar == 0:
-                continue  # already on the grid: a repeat says nothing
-        merged.append((t, n, d))
-    return merged
-
-
-# --- notes -> tokens, with turns ---------------------------------------------------------
-
-
-def phrase_bars_for(name: str) -> int:
-    return 2 if hashlib.sha1(name.encode()).digest()[0] % 2 == 0 else 4
-
-
-def bar_lines(meters: list[tuple[int, int, int]], end_tick: int) -> list[int]:
-    """Bar line ticks up to ``end_tick``, as the stream encoder draws them."""
-    ms = sorted(meters) or [(0, 4, 4)]
-    lines = []
-    for i, (t, n, d) in enumerate(ms):
-        stop = ms[i + 1][0] if i + 1 < len(ms) else end_tick + 1
-        bar = tk.Meter(max(1, n), max(1, d)).bar_ticks or tk.Meter().bar_ticks
-        line = t
-        while line < stop and line <= end_tick:
-            if not lines or line > lines[-1]:
-                lines.append(line)
-            line += bar
-    return lines
-
-
-def turn_ticks(notes: list[Note], meters, end_tick: int, phrase_bars: int) -> list[int]:
-    """TURN ticks: every ``phrase_bars`` bars, at the latest note-off at or before the line,
-    where no note sounds across the line. A short first bar (pickup) is not counted."""
-    if not notes:
-        return []
-    lines = bar_lines(meters, end_tick)
-    first = 1 if len(lines) > 2 and lines[1] - lines[0] < lines[2] - lines[1] else 0
-    starts = np.array([n.start for n in notes])
-    ends = np.array([n.end for n in notes])
-    last_onset = int(starts.max())
-    out: list[int] = []
-    for j in range(first + phrase_bars, len(lines), phrase_bars):
-        line = lines[j]
-        if line > last_onset:
-            break  # nothing follows: the piece simply ends
-        if np.any((starts < line) & (ends > line)):
-            continue
-        done = ends[ends <= line]
-        if done.size == 0:
-            continue
-        t = int(done.max())
-        if out and t <= out[-1]:
-            continue
-        out.append(t)
-    return out
-
-
-def encode_piece(score, style: int, name: str) -> list[int]:
-    turns = turn_ticks(score.notes, score.meters, score.end_tick, phrase_bars_for(name))
-    return tk.encode_events(
-        tk.notes_to_events(score.notes),
-        style=style,
-        meters=score.meters,
-        end_tick=score.end_tick,
-        turns=turns,
-    )
 
 
 # --- sources and the per-file worker -----------------------------------------------------
@@ -503,7 +173,7 @@ def _save_cache(path: Path, result: dict) -> None:
         "skipped": result["skipped"],
         "stats": result["stats"],
     }
-    _atomic_write(
+    atomic_write(
         path,
         lambda f: np.savez(
             f,
@@ -650,7 +320,7 @@ def build(
     summary["build_seconds"] = round(time.time() - t0, 1)
     summary["files"] = {"total": len(sources), "converted_now": len(todo), "failed": len(failed)}
     summary["slowest_files"] = [(k, round(dt, 1)) for dt, k in sorted(slow, reverse=True)[:10]]
-    _atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return summary
 
 

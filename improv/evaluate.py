@@ -31,7 +31,7 @@ import torch
 
 from improv import tokens as tk
 from improv.baseline import BaselineError, NGramModel
-from improv.data import DataError, Split, default_corpus_dir, load_split
+from improv.dataset import DataError, Split, default_corpus_dir, load_split
 from improv.model import ModelError, load_model, load_styles
 
 MIN_GATE_TOKENS = 5000

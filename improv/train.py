@@ -36,7 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from improv import data
+from improv import data, dataset
 from improv import tokens as tk
 from improv.model import GPT, ModelConfig, ModelError, default_styles, load_model, save_model
 
@@ -155,9 +155,11 @@ def style_slot(styles: dict[str, int], name: str) -> dict[str, int]:
     return {**styles, name: free[0]}
 
 
-def prepare_data(args, styles: dict[str, int], ckpt: Path) -> tuple[data.Split, data.Split, dict]:
+def prepare_data(
+    args, styles: dict[str, int], ckpt: Path
+) -> tuple[dataset.Split, dataset.Split, dict]:
     """Train and val splits, and the style table for the model directory."""
-    src = (args.data or data.default_corpus_dir()).expanduser()
+    src = (args.data or dataset.default_corpus_dir()).expanduser()
     if (src / "train_tokens.npy").exists():
         if args.style:
             raise TrainError(
@@ -165,7 +167,7 @@ def prepare_data(args, styles: dict[str, int], ckpt: Path) -> tuple[data.Split, 
                 "corpus; drop --style or point --data at your .mid folder"
             )
         styles = {**_corpus_styles(src), **styles}
-        train, val = data.load_split(src, "train"), data.load_split(src, "val")
+        train, val = dataset.load_split(src, "train"), dataset.load_split(src, "val")
     elif src.is_dir():
         if not args.style:
             raise TrainError(
@@ -178,7 +180,7 @@ def prepare_data(args, styles: dict[str, int], ckpt: Path) -> tuple[data.Split, 
         built = ckpt / "data"
         sources = data.midi_sources(src, args.style, styles[args.style])
         data.build(built, sources, jobs=1, styles=styles, progress=not args.no_progress)
-        train, val = data.load_split(built, "train"), data.load_split(built, "val")
+        train, val = dataset.load_split(built, "train"), dataset.load_split(built, "val")
         if len(val) == 0:  # too few files to hold any out: watch the training loss instead
             print("note: too few files for a validation split; validating on the training files")
             val = train
@@ -303,7 +305,7 @@ def _card(model: GPT, state: RunState, args, styles: dict[str, int], tok_s: floa
         f"({c.n_layer} layers, {c.n_head} heads, d_model {c.d_model}, d_ff {c.d_ff}, "
         f"context {c.context} tokens, rotary positions).",
         "",
-        f"- data: {args.data or data.default_corpus_dir()}"
+        f"- data: {args.data or dataset.default_corpus_dir()}"
         + (f" (fine-tuned from {args.from_}, style {args.style!r})" if args.from_ else ""),
         f"- styles: {', '.join(f'{k}={v}' for k, v in sorted(styles.items(), key=lambda x: x[1]))}",
         f"- steps: {state.step} of batch {args.batch} x {args.seq_len or c.context} tokens "
@@ -394,7 +396,7 @@ def train(args) -> RunState:
     val_rng = np.random.default_rng(args.seed + 1)  # the same batches at every evaluation
     val_batches = [
         torch.from_numpy(
-            data.sample_batch(val_split, args.batch, seq_len, val_rng, transpose=False)
+            dataset.sample_batch(val_split, args.batch, seq_len, val_rng, transpose=False)
         )
         for _ in range(args.eval_batches)
     ]
@@ -425,7 +427,7 @@ def train(args) -> RunState:
             for group in opt.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            batch = torch.from_numpy(data.sample_batch(train_split, args.batch, seq_len, rng))
+            batch = torch.from_numpy(dataset.sample_batch(train_split, args.batch, seq_len, rng))
             x, y = batch[:, :-1].to(device), batch[:, 1:].to(device)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
                 _, loss = step_fn(x, y)
@@ -500,7 +502,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.style and not args.data:
             raise TrainError("--style names the .mid files of --data: pass --data FOLDER too")
         train(args)
-    except (TrainError, ModelError, data.DataError) as e:
+    except (TrainError, ModelError, dataset.DataError) as e:
         print(f"{prog or 'improv train'}: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,11 +1,11 @@
-"""The corpus builder: music21 -> notes -> tokens, turns, the dataset format and the sampler."""
+"""The corpus builder: music21 -> notes -> tokens (improv.pieces), turns, sources, the build."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from improv import data
+from improv import data, dataset, pieces
 from improv import tokens as tk
 from improv.midifile import Score, read_midi, write_midi
 from improv.tokens import Note
@@ -60,8 +60,8 @@ def abc_tune():
 @pytest.mark.parametrize("name", ["bach/bwv66.6", "bach/bwv1.6"])
 def test_chorale_tokens_decode_to_music21_notes(chorales, name):
     m21 = chorales[name]
-    score, _ = data.score_from_music21(m21)
-    toks = data.encode_piece(score, tk.CORPUS_STYLES.index("chorale"), name)
+    score, _ = pieces.score_from_music21(m21)
+    toks = pieces.encode_piece(score, tk.CORPUS_STYLES.index("chorale"), name)
     assert toks[0] == tk.style_token(0)
     got = {(n.pitch, n.start, n.end) for n in tk.decode_notes(toks)}
     want = music21_notes(m21)
@@ -70,8 +70,8 @@ def test_chorale_tokens_decode_to_music21_notes(chorales, name):
 
 
 def test_abc_tune_notes_and_bar_lines(abc_tune):
-    score, _ = data.score_from_music21(abc_tune)
-    toks = data.encode_piece(score, tk.CORPUS_STYLES.index("celtic"), "ryans/x")
+    score, _ = pieces.score_from_music21(abc_tune)
+    toks = pieces.encode_piece(score, tk.CORPUS_STYLES.index("celtic"), "ryans/x")
     assert {(n.pitch, n.start, n.end) for n in tk.decode_notes(toks)} == music21_notes(abc_tune)
     # BAR tokens sit on the measure lines music21 reports, pickup bar included.
     measures = abc_tune.parts[0].getElementsByClass("Measure") if abc_tune.parts else []
@@ -82,11 +82,11 @@ def test_abc_tune_notes_and_bar_lines(abc_tune):
 
 def test_midi_round_trip_gives_identical_tokens(chorales, abc_tune, tmp_path):
     for i, m21 in enumerate([*chorales.values(), abc_tune]):
-        score, _ = data.score_from_music21(m21)
+        score, _ = pieces.score_from_music21(m21)
         path = tmp_path / f"p{i}.mid"
         write_midi(path, score)
         back = read_midi(path)
-        assert data.encode_piece(back, 3, "x") == data.encode_piece(score, 3, "x")
+        assert pieces.encode_piece(back, 3, "x") == pieces.encode_piece(score, 3, "x")
 
 
 def four_four(notes: list[Note], bars: int) -> Score:
@@ -97,20 +97,20 @@ def test_turns_at_phrase_lines_only_where_nothing_sounds():
     # Quarter notes for 8 bars, except a half note across the line at bar 4 (tick 384).
     notes = [Note(t, t + 24, 60 + (t // 24) % 5, 80) for t in range(0, 8 * 96, 24)]
     notes = [n for n in notes if n.start not in (360, 384)] + [Note(360, 408, 72, 80)]
-    assert data.turn_ticks(sorted(notes), [(0, 4, 4)], 8 * 96, 2) == [192, 576]
-    assert data.turn_ticks(sorted(notes), [(0, 4, 4)], 8 * 96, 4) == []
+    assert pieces.turn_ticks(sorted(notes), [(0, 4, 4)], 8 * 96, 2) == [192, 576]
+    assert pieces.turn_ticks(sorted(notes), [(0, 4, 4)], 8 * 96, 4) == []
     # A phrase that ends early: the turn goes at its last note-off, not at the line.
     short = [Note(0, 48, 60, 80), Note(192, 216, 62, 80)]
-    assert data.turn_ticks(short, [(0, 4, 4)], 4 * 96, 2) == [48]
+    assert pieces.turn_ticks(short, [(0, 4, 4)], 4 * 96, 2) == [48]
     # A pickup bar is not counted: lines 0, 24, 120, 216, 312, 408: every two bars from 24.
     pick = [Note(t, t + 24, 60, 80) for t in range(0, 5 * 96, 24)]
-    assert data.turn_ticks(pick, [(0, 1, 4), (24, 4, 4)], 5 * 96, 2) == [216, 408]
+    assert pieces.turn_ticks(pick, [(0, 1, 4), (24, 4, 4)], 5 * 96, 2) == [216, 408]
 
 
 def test_turn_token_between_note_offs_and_next_note_ons():
     notes = [Note(t, t + 24, 60 + i % 3, 80) for i, t in enumerate(range(0, 4 * 96, 24))]
-    name = next(f"p{i}" for i in range(100) if data.phrase_bars_for(f"p{i}") == 2)
-    toks = data.encode_piece(four_four(notes, 4), 3, name)
+    name = next(f"p{i}" for i in range(100) if pieces.phrase_bars_for(f"p{i}") == 2)
+    toks = pieces.encode_piece(four_four(notes, 4), 3, name)
     i = toks.index(tk.TURN)
     assert tk.token_name(toks[i - 1]).startswith("NOTE_OFF")
     assert tk.token_name(toks[i + 1]).startswith("NOTE_ON")
@@ -119,67 +119,9 @@ def test_turn_token_between_note_offs_and_next_note_ons():
 
 
 def test_phrase_bars_is_deterministic_and_mixed():
-    got = [data.phrase_bars_for(f"bach/bwv{i}") for i in range(50)]
-    assert got == [data.phrase_bars_for(f"bach/bwv{i}") for i in range(50)]
+    got = [pieces.phrase_bars_for(f"bach/bwv{i}") for i in range(50)]
+    assert got == [pieces.phrase_bars_for(f"bach/bwv{i}") for i in range(50)]
     assert set(got) == {2, 4}
-
-
-def test_transpose_tokens_moves_notes_and_rejects_out_of_range():
-    toks = np.array(tk.encode_notes([Note(0, 24, 60, 80), Note(24, 48, 100, 90)], style=3))
-    up = data.transpose_tokens(toks, 3)
-    assert [n.pitch for n in tk.decode_notes(up)] == [63, 103]
-    keep = ~np.array([tk.is_note_on(t) or tk.is_note_off(t) for t in toks])
-    assert np.array_equal(up[keep], toks[keep])
-    assert up.dtype == toks.dtype
-    assert data.transpose_tokens(toks, 9) is None  # 100 + 9 > 108
-    assert data.transpose_tokens(toks, -40) is None  # 60 - 40 < 21
-    assert data.transpose_tokens(toks, -39) is not None
-
-
-def fake_piece(style: int, n: int, seed: int) -> list[int]:
-    rng = np.random.default_rng(seed)
-    notes = [Note(24 * i, 24 * i + 12, int(rng.integers(55, 75)), 80) for i in range(n)]
-    return tk.encode_notes(notes, style=style)
-
-
-def test_write_split_load_split_round_trip(tmp_path):
-    pieces = [("a/1", 0, fake_piece(0, 5, 1)), ("b/2", 3, fake_piece(3, 9, 2))]
-    data.write_split(tmp_path, "train", pieces)
-    sp = data.load_split(tmp_path, "train")
-    assert sp.tokens.dtype == np.uint16 and sp.starts.dtype == np.int64
-    assert sp.styles.dtype == np.int16
-    assert sp.names == ["a/1", "b/2"] and list(sp.styles) == [0, 3]
-    assert [sp.piece(i).tolist() for i in range(2)] == [p[2] for p in pieces]
-    with pytest.raises(ValueError):
-        data.write_split(tmp_path, "val", [("x", 1, fake_piece(2, 3, 0))])
-    with pytest.raises(data.DataError, match="improv data"):
-        data.load_split(tmp_path / "nowhere", "train")
-
-
-def test_sample_batch_shapes_style_first_and_padding(tmp_path):
-    long_, short = fake_piece(1, 40, 3), fake_piece(4, 2, 4)
-    data.write_split(tmp_path, "train", [("long", 1, long_), ("short", 4, short)])
-    sp = data.load_split(tmp_path, "train")
-    ctx = 32
-    batch = data.sample_batch(sp, 200, ctx, np.random.default_rng(0), transpose=False)
-    assert batch.shape == (200, ctx + 1) and batch.dtype == np.int64
-    body = np.array(long_[1:])
-    starts = set()
-    for row in batch:
-        if row[0] == tk.style_token(4):
-            n = len(short) - 1
-            assert row[1 : 1 + n].tolist() == short[1:]
-            assert (row[1 + n :] == tk.PAD).all()
-        else:
-            assert row[0] == tk.style_token(1)
-            crop = row[1:]
-            hits = [s for s in range(len(body) - ctx + 1) if (body[s : s + ctx] == crop).all()]
-            assert hits
-            starts.update(hits)
-    assert 0 in starts and len(body) - ctx in starts  # both ends of the uniform range occur
-    shifted = data.sample_batch(sp, 50, ctx, np.random.default_rng(1), max_shift=6)
-    assert (shifted[:, 0] >= tk.STYLE_BASE).all() and (shifted[:, 0] < tk.TIME_SHIFT_BASE).all()
-    assert not np.array_equal(shifted[:, 1:], batch[:50, 1:])
 
 
 def test_split_is_deterministic_and_keeps_val_in_every_style():
@@ -221,7 +163,7 @@ def test_build_uses_cache_on_rerun_and_lists_failures(tmp_path, monkeypatch):
     s2 = data.build(out, srcs, jobs=1, progress=False, styles={"mine": 5})
     assert calls == ["mine/broken"]  # the four good files came from the cache
     assert s2["total"] == s1["total"]
-    a, b = data.load_split(out, "train"), data.load_split(out, "train")
+    a, b = dataset.load_split(out, "train"), dataset.load_split(out, "train")
     assert np.array_equal(a.tokens, b.tokens) and (a.styles == 5).all()
 
 
@@ -250,7 +192,7 @@ def test_tied_chords_and_grace_notes():
     c1.notes[0].tie = tie.Tie("start")  # only C4 is tied on
     c2.notes[0].tie = tie.Tie("stop")
     part.append([c1, c2, note.Note("D4", quarterLength=1).getGrace(), note.Note("F4")])
-    score, stats = data.score_from_music21(part)
+    score, stats = pieces.score_from_music21(part)
     got = {(n.pitch, n.start, n.end) for n in score.notes}
     assert got == {(60, 0, 48), (64, 0, 24), (67, 24, 48), (65, 48, 72)}
     assert stats["grace"] == 1

@@ -8,7 +8,7 @@ import torch
 
 from improv import evaluate as ev
 from improv import tokens as tk
-from improv.data import write_split
+from improv.dataset import write_split
 from improv.model import GPT, ModelConfig, save_model
 
 SCALE_C = [60, 62, 64, 65, 67, 69, 71, 72]

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from improv import data, export, train
+from improv import dataset, export, train
 from improv import tokens as tk
 from improv.model import load_model
 
@@ -56,12 +56,12 @@ def model_dir(tmp_path_factory):
     """A tiny model trained for a few steps (so no weight is at its initial value), exported."""
     root = tmp_path_factory.mktemp("export")
     rng = random.Random(0)
-    data.write_split(
+    dataset.write_split(
         root / "corpus",
         "train",
         [(f"p{i}", i % 5, random_piece(rng, i % 5, 200)) for i in range(10)],
     )
-    data.write_split(
+    dataset.write_split(
         root / "corpus", "val", [(f"v{i}", i % 5, random_piece(rng, i % 5, 200)) for i in range(3)]
     )
     rc = train.main(

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from improv import data, train
+from improv import dataset, train
 from improv import tokens as tk
 from improv.model import GPT, ModelConfig, ModelError, load_model, save_model
 
@@ -57,10 +57,12 @@ def random_piece(rng: random.Random, style: int, n_notes: int) -> list[int]:
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     rng = random.Random(0)
-    data.write_split(
+    dataset.write_split(
         out, "train", [(f"p{i}", i % 5, random_piece(rng, i % 5, 80)) for i in range(20)]
     )
-    data.write_split(out, "val", [(f"v{i}", i % 5, random_piece(rng, i % 5, 80)) for i in range(5)])
+    dataset.write_split(
+        out, "val", [(f"v{i}", i % 5, random_piece(rng, i % 5, 80)) for i in range(5)]
+    )
     return out
 
 

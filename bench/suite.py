@@ -1,0 +1,150 @@
+"""How each benchmark of ``improv bench`` runs and what of it goes into the result.
+
+``Suite`` has one method per benchmark name of ``improv.benchmark.BENCHMARKS``; each
+returns that benchmark's part of the result (``configs`` of latency distributions
+plus whatever else it found) and keeps raw samples in ``samples`` for the plots.
+Quick runs (``--quick``) take fewer samples of everything. Loaded by
+improv.benchmark from this folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from improv.benchmark import (
+    BAR_LATE_MS,
+    BAR_RATIO,
+    BenchError,
+    ensure_peer_venv,
+    load_bench,
+    log,
+    run_peer,
+    summarize,
+)
+
+
+class Suite:
+    """One run: the options, the model, the result being filled, raw samples for the plots."""
+
+    def __init__(self, args: argparse.Namespace, model: Path, random_weights: bool):
+        self.args, self.model, self.quick = args, model, args.quick
+        self.samples: dict[str, np.ndarray] = {}
+        self.res: dict = {"benchmarks": {}, "skipped": {}}
+
+    def n(self, quick: int, full: int) -> int:
+        return quick if self.quick else full
+
+    def decode(self) -> dict:
+        dec = load_bench("decode")
+        fills = (0.1, 0.5, 1.0) if self.quick else (0.1, 0.25, 0.5, 0.75, 1.0)
+        steps = self.n(300, 3000)
+        configs, skipped = {}, {}
+
+        def put(name: str, c: dict) -> None:
+            configs[name] = c
+            log(f"  {name}: median {c['median_ms']:.3f} ms, p99 {c['p99_ms']:.3f} ms")
+
+        for threads in (1,) if self.quick else (1, 2):
+            for f in fills:
+                put(f"ort_cpu_{threads}t/fill{round(f * 100)}",
+                    dec.ort_fixed_fill(self.model, "cpu", threads, f, steps))
+            put(f"ort_cpu_{threads}t/roll", dec.ort_roll(self.model, "cpu", threads, steps))
+        from improv.engine import Engine, ModelError
+
+        try:
+            Engine(self.model, provider="cuda", background=False)
+            for f in fills:
+                put(f"ort_cuda/fill{round(f * 100)}",
+                    dec.ort_fixed_fill(self.model, "cuda", 1, f, steps))
+        except ModelError as e:
+            skipped["ort_cuda"] = str(e)
+        import torch
+
+        torch.set_num_threads(1)
+        for f in fills:
+            put(f"torch_cached/fill{round(f * 100)}",
+                dec.torch_cached(self.model, f, self.n(200, 1000)))
+            put(f"torch_nocache/fill{round(f * 100)}",
+                dec.torch_nocache(self.model, f, self.n(8, 40)))
+        return {"configs": configs, "skipped": skipped}
+
+    def per_note(self) -> dict:
+        mc = load_bench("model_cost")
+        toks, source = mc.real_tokens(self.n(260, 2100))
+        events = mc.note_events(toks)
+        r = mc.improv_per_note(self.model, events)
+        self.samples.update({"improv feed / note": r["feed_ms"],
+                             "improv generate / note": r["generate_ms"],
+                             "decode step (real tokens)": r["step_ms"]})
+        out = {"configs": {"improv_feed": summarize(r["feed_ms"]),
+                           "improv_generate": summarize(r["generate_ms"]),
+                           "improv_step": summarize(r["step_ms"])},
+               "source": source, "tokens_per_note": mc.tokens_per_note(events),
+               "rolls": r["rolls"], "roll_waits": r["roll_waits"]}
+        # An event is fed (the player's) or generated (the machine's): the dearer of the two.
+        out["improv_ms"] = max(out["configs"]["improv_feed"]["median_ms"],
+                               out["configs"]["improv_generate"]["median_ms"])
+        if self.args.no_peer:
+            self.res["skipped"]["notochord"] = "--no-peer"
+            return out
+        try:
+            py = ensure_peer_venv(Path(self.args.peer_venv).expanduser())
+            noto_events = mc.notochord_events(events)[: self.n(240, 1200)]
+            p = run_peer(py, noto_events)
+        except (BenchError, subprocess.TimeoutExpired, OSError) as e:
+            self.res["skipped"]["notochord"] = str(e)
+            return out
+        self.samples.update({"Notochord feed / event": np.array(p["feed_ms"]),
+                             "Notochord query / event": np.array(p["query_ms"])})
+        out["configs"]["notochord_feed"] = summarize(p["feed_ms"])
+        out["configs"]["notochord_query"] = summarize(p["query_ms"])
+        out["notochord_ms"] = (out["configs"]["notochord_feed"]["median_ms"]
+                               + out["configs"]["notochord_query"]["median_ms"])
+        out.update(notochord=p["notochord"], notochord_torch=p["torch"], notochord_query=p["query"],
+                   notochord_parameters=p["parameters"], notochord_threads=p["threads"])
+        out["ratio"] = out["improv_ms"] / out["notochord_ms"]
+        out["ratio_feed"] = (out["configs"]["improv_feed"]["median_ms"]
+                             / out["configs"]["notochord_feed"]["median_ms"])
+        out["ratio_generate"] = out["configs"]["improv_generate"]["median_ms"] / out["notochord_ms"]
+        out["bar_ok"] = out["ratio"] <= BAR_RATIO
+        return out
+
+    def generation(self) -> dict:
+        mc = load_bench("model_cost")
+        toks, source = mc.real_tokens(self.n(400, 2000), seed=1)
+        g = mc.generation_speed(self.model, toks, self.n(300, 3000))
+        return {**g, "source": source, "configs": {}}
+
+    def ingest(self) -> dict:
+        r = load_bench("live").ingest(self.model, self.n(5.0, 24.0))
+        self.samples["note in -> tokens fed"] = r["ms"]
+        return {"configs": {"note_in_to_fed": summarize(r["ms"])}, "calls": r["calls"],
+                "answers": r["answers"]}
+
+    def schedule(self) -> dict:
+        live = load_bench("live")
+        out: dict = {"configs": {}, "seconds": self.args.sched_seconds}
+        for cond in ("idle", "loaded"):
+            log(f"  {cond} ({self.args.sched_seconds:g} s)")
+            r = live.schedule_grid(self.args.sched_seconds, loaded=cond == "loaded")
+            self.samples[f"schedule error via JACK, {cond}"] = r["receive_ms"]
+            out["configs"][f"jack_{cond}"] = summarize(r["receive_ms"])
+            out["configs"][f"send_{cond}"] = summarize(r["send_ms"])
+            out[f"stats_{cond}_p99_ms"] = r["stats_p99_ms"]
+            out[f"{cond}_counts"] = {k: r[k] for k in ("planned", "received", "late")}
+            out["realtime"] = r["realtime"]
+        return out
+
+    def jam(self) -> dict:
+        r = load_bench("live").jam_e2e(self.model, self.args.calls, log=log)
+        late = [c["lateness_ms"] for c in r["calls"]]
+        r["configs"] = {
+            "first_note_lateness": summarize(late),
+            "call_end_to_first_note": summarize([c["call_end_to_first_note_ms"]
+                                                 for c in r["calls"]])}
+        r["bar_ok"] = max(late) <= BAR_LATE_MS
+        return r

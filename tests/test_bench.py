@@ -1,0 +1,278 @@
+"""improv bench: result schema, markdown writer, the peer's venv (no install), a small run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from improv import benchmark as bm
+from improv import tokens as tk
+
+# --- summaries and the schema ----------------------------------------------------------------
+
+
+def test_summarize_is_a_latency_distribution():
+    x = np.arange(1, 1001, dtype=float)
+    s = bm.summarize(x)
+    assert s["median_ms"] == pytest.approx(500.5)
+    assert s["p99_ms"] == pytest.approx(np.percentile(x, 99))
+    assert s["p999_ms"] == pytest.approx(np.percentile(x, 99.9))
+    assert s["max_ms"] == 1000.0 and s["n"] == 1000
+    with pytest.raises(bm.BenchError):
+        bm.summarize([])
+
+
+def sample_result(**machine) -> dict:
+    rng = np.random.default_rng(0)
+    conf = lambda scale: bm.summarize(rng.gamma(2.0, scale, 500))  # noqa: E731
+    return {
+        "schema": bm.SCHEMA, "host": "box", "date": "2026-11-25 12:00:00",
+        "command": "python bench/run.py --quick", "elapsed_s": 42.0, "quick": True,
+        "machine": {"host": "box", "cpu": "Test CPU", "cpus": 2, "memory_gib": 24.0,
+                    "platform": "Linux", "python": "3.11", "onnxruntime": "1.31",
+                    "torch": "2.13", "gpu": None, "loadavg_before": 0.1,
+                    "loadavg_after": 0.2, **machine},
+        "model": {"dir": "models/x", "random_weights": False, "n_layer": 5, "d_model": 192,
+                  "context": 512},
+        "benchmarks": {
+            "decode": {"configs": {"ort_cpu_1t/fill50": {**conf(0.2), "position": 255}},
+                       "skipped": {}},
+            "ingest": {"configs": {"note_in_to_fed": conf(0.5)}},
+            "per_note": {"configs": {"improv_feed": conf(0.3), "improv_generate": conf(0.4),
+                                     "notochord_feed": conf(1.5),
+                                     "notochord_query": conf(0.4)},
+                         "improv_ms": 0.8, "notochord_ms": 3.6, "ratio": 0.8 / 3.6,
+                         "ratio_feed": 0.2, "ratio_generate": 0.22, "bar_ok": True,
+                         "tokens_per_note": 2.94, "notochord": "0.8.0",
+                         "notochord_query": "query(next_inst=1)",
+                         "notochord_parameters": 17_744_100, "notochord_torch": "2.13.0"},
+            "jam": {"configs": {"first_note_lateness": conf(0.1)}, "bar_ok": True,
+                    "startup": {"ports_s": 0.5, "first_state_s": 0.7, "ready_s": 0.7},
+                    "memory_after_start": {"VmRSS": 200.0},
+                    "memory_after_calls": {"VmHWM": 210.0}},
+        },
+        "skipped": {"schedule": "no JACK server"},
+        "plots": ["box-2026-11-25-hist.png"],
+    }
+
+
+def test_validate_accepts_a_sound_result_and_names_each_fault():
+    res = sample_result()
+    assert bm.validate(res) == []
+    del res["benchmarks"]["ingest"]["configs"]["note_in_to_fed"]["p999_ms"]
+    res["benchmarks"]["decode"]["configs"]["ort_cpu_1t/fill50"]["median_ms"] = math.nan
+    res["benchmarks"]["jam"]["configs"]["first_note_lateness"]["p99_ms"] = -1.0
+    res["benchmarks"]["nonsense"] = {"configs": {}}
+    del res["command"]
+    problems = bm.validate(res)
+    joined = "\n".join(problems)
+    assert "ingest/note_in_to_fed: p999_ms" in joined
+    assert "decode/ort_cpu_1t/fill50: median_ms is nan" in joined
+    assert "jam/first_note_lateness: percentiles out of order" in joined
+    assert "unknown benchmark nonsense" in joined
+    assert "missing command" in joined
+
+
+def test_markdown_is_the_performance_section():
+    res = sample_result()
+    md = bm.markdown(res)
+    assert md.startswith("## Performance\n")
+    assert "`python bench/run.py --quick`" in md
+    assert "Test CPU (2 logical cores), 24 GiB RAM; GPU: none" in md
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert table[0].startswith("| what | median ms | p99 ms | p99.9 ms")
+    feed = res["benchmarks"]["per_note"]["configs"]["improv_feed"]
+    assert f"| improv per note: feed a human note | {feed['median_ms']:.3f} | " \
+           f"{feed['p99_ms']:.3f} | {feed['p999_ms']:.3f} |" in md
+    assert "<= 5 ms: True" in md
+    assert "ratio 0.222, bar <= 0.25: True" in md
+    assert "Not measured: schedule (no JACK server)." in md
+    assert "Measured with other work" not in md
+    busy = bm.markdown(sample_result(loadavg_before=3.5))
+    assert "**Measured with other work on the machine** (load average 3.5" in busy
+
+
+def test_result_stem_is_a_safe_file_name():
+    import datetime as dt
+
+    assert bm.result_stem("my box/α", dt.date(2026, 1, 2)) == "my-box-2026-01-02"
+
+
+# --- the peer's virtual environment, with subprocess mocked -------------------------------------
+
+
+class FakeRun:
+    """Stands in for subprocess.run: records commands, answers by the rules given."""
+
+    def __init__(self, venv: Path, imports_ok=(False, True), fail_on: str | None = None):
+        self.venv, self.calls = venv, []
+        self.imports_ok = list(imports_ok)
+        self.fail_on = fail_on
+
+    def __call__(self, cmd, **kw):
+        cmd = [str(c) for c in cmd]
+        self.calls.append((cmd, kw))
+        rc, out = 0, ""
+        if cmd[1:3] == ["-m", "venv"]:
+            py = bm.venv_python(Path(cmd[3]))
+            py.parent.mkdir(parents=True, exist_ok=True)
+            py.touch()
+        elif cmd[1] == "-c":
+            rc = 0 if self.imports_ok.pop(0) else 1
+        if self.fail_on and any(self.fail_on in c for c in cmd):
+            rc = 1
+        return subprocess.CompletedProcess(cmd, rc, out, "ERROR: no matching distribution\n")
+
+
+def test_peer_venv_is_made_torch_first_and_notochord_without_its_pins(tmp_path, monkeypatch):
+    monkeypatch.setattr(bm, "torch_pin", lambda: "torch==2.13.0")
+    venv = tmp_path / "notochord-venv"
+    run = FakeRun(venv, imports_ok=(True,))
+    py = bm.ensure_peer_venv(venv, run=run, python="/usr/bin/python3")
+    assert py == bm.venv_python(venv)
+    cmds = [c for c, _ in run.calls]
+    assert cmds[0] == ["/usr/bin/python3", "-m", "venv", str(venv)]
+    installs = [c for c in cmds if "install" in c]
+    assert installs[0][-1] == "torch==2.13.0"  # torch first, pinned
+    assert installs[1][-2:] == ["--no-deps", f"notochord=={bm.NOTOCHORD_VERSION}"]
+    assert "torch==2.13.0" in installs[2] and "pandas>=2,<3" in installs[2]
+    for c in installs:  # never an unpinned torch, which would pull a CUDA build
+        assert all(not a.startswith("torch") or a == "torch==2.13.0" for a in c)
+        assert c[0] == str(py)
+    assert cmds[-1][:2] == [str(py), "-c"] and "import notochord" in cmds[-1][2]
+
+
+def test_peer_venv_that_works_is_reused(tmp_path):
+    venv = tmp_path / "v"
+    py = bm.venv_python(venv)
+    py.parent.mkdir(parents=True)
+    py.touch()
+    run = FakeRun(venv, imports_ok=(True,))
+    assert bm.ensure_peer_venv(venv, run=run) == py
+    assert len(run.calls) == 1 and run.calls[0][0][1] == "-c"
+
+
+def test_peer_venv_failure_says_what_to_do(tmp_path):
+    venv = tmp_path / "v"
+    run = FakeRun(venv, fail_on="notochord==")
+    with pytest.raises(bm.BenchError, match=r"installing notochord .*no matching.*--no-peer"):
+        bm.ensure_peer_venv(venv, run=run)
+    run = FakeRun(venv, imports_ok=(False, False))
+    with pytest.raises(bm.BenchError, match="does not import"):
+        bm.ensure_peer_venv(venv, run=run)
+
+
+def test_run_peer_feeds_events_and_reads_json(tmp_path):
+    seen = {}
+
+    def run(cmd, input=None, **kw):
+        seen["script"] = Path(cmd[1]).read_text()
+        seen["events"] = json.loads(input)
+        body = {"feed_ms": [2.0, 3.0], "query_ms": [0.5], "torch": "2.13.0",
+                "notochord": "0.8.0", "threads": 1, "parameters": 5, "query": "q"}
+        return subprocess.CompletedProcess(cmd, 0, "noise\n" + json.dumps(body) + "\n", "")
+
+    events = [[1, 60, 0.0, 80], [1, 60, 0.5, 0]]
+    out = bm.run_peer(Path("py"), events, run=run)
+    assert out["feed_ms"] == [2.0, 3.0] and seen["events"] == events
+    assert "torch.set_num_threads(1)" in seen["script"] and "Notochord()" in seen["script"]
+    bad = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "Traceback\nBoom\n")  # noqa
+    with pytest.raises(bm.BenchError, match="Boom"):
+        bm.run_peer(Path("py"), events, run=bad)
+    silent = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "not json\n", "")  # noqa
+    with pytest.raises(bm.BenchError, match="no JSON"):
+        bm.run_peer(Path("py"), events, run=silent)
+
+
+# --- note events ---------------------------------------------------------------------------------
+
+
+def test_note_events_group_tokens_as_the_session_feeds_them():
+    mc = bm.load_bench("model_cost")
+    events = [tk.Event(0, 60, 80), tk.Event(0, 64, 80), tk.Event(24, 60, 0), tk.Event(24, 64, 0),
+              tk.Event(48, 67, 100), tk.Event(72, 67, 0)]
+    toks = tk.encode_events(events)  # BAR VEL ON60 ON64 TS24 OFF60 OFF64 TS24 VEL ON67 TS OFF
+    msgs = mc.split_messages(toks)
+    assert [len(g) for g in msgs] == [3, 1, 2, 1, 3, 2]
+    notes = mc.note_events(toks)
+    assert len(notes) == 3 and sum(map(len, notes)) == 5  # the trailing off is no note event
+    assert mc.tokens_per_note(notes) == pytest.approx(10 / 3)
+    noto = mc.notochord_events(notes, bpm=120.0)
+    assert [e[1] for e in noto] == [60, 64, 60, 64, 67, 67]
+    assert noto[2][2] == pytest.approx(0.5) and noto[4][2] == pytest.approx(0.5)
+    assert [e[3] > 0 for e in noto] == [True, True, False, False, True, False]
+
+
+def test_synthetic_tokens_hold_the_notes_asked_for():
+    mc = bm.load_bench("model_cost")
+    toks = mc.synthetic_tokens(50)
+    assert not any(tk.is_style(t) for t in toks)
+    assert len(mc.note_events(toks)) >= 50
+
+
+# --- a small real run ---------------------------------------------------------------------------
+
+
+def test_quick_run_writes_a_valid_result(tiny_model_dir, tmp_path, capsys):
+    rc = bm.main(["--quick", "--only", "per_note,generation", "--no-peer", "--no-plots",
+                  "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    assert rc == 0
+    [js] = tmp_path.glob("*.json")
+    res = json.loads(js.read_text())
+    assert bm.validate(res) == []
+    pn = res["benchmarks"]["per_note"]
+    assert set(pn["configs"]) == {"improv_feed", "improv_generate", "improv_step"}
+    assert pn["configs"]["improv_feed"]["n"] > 100 and 1.5 < pn["tokens_per_note"] < 6
+    assert res["skipped"]["notochord"] == "--no-peer"
+    g = res["benchmarks"]["generation"]
+    assert g["free"]["tokens"] == 300 and g["corpus_paced"]["realtime_factor"] > 0
+    md = js.with_suffix(".md").read_text()
+    assert md == capsys.readouterr().out
+    assert "| improv per note: generate a note |" in md
+
+
+def test_plots_are_written_when_matplotlib_is_there(tmp_path):
+    res = sample_result()
+    res["benchmarks"]["decode"]["configs"]["torch_nocache/fill50"] = {
+        **bm.summarize([30.0, 31.0]), "position": 255}
+    samples = {"a": np.array([1.0, 2.0, 3.0]), "empty": np.array([])}
+    written = bm.load_bench("plots").plot_all(res, samples, tmp_path, "s")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert written == []
+        return
+    assert written == ["s-hist.png", "s-context.png"]  # no GPU ran: no CPU/GPU plot
+    assert all((tmp_path / w).stat().st_size > 1000 for w in written)
+
+
+def test_unknown_benchmark_is_a_clear_error(capsys):
+    from improv.cli import main
+
+    assert main(["bench", "--only", "decode,warp"]) == 2
+    assert "unknown benchmark warp; choose from decode" in capsys.readouterr().err
+
+
+def test_session_records_note_in_to_tokens_fed(tiny_model_dir):
+    import mido
+
+    from improv.clock import Clock
+    from improv.engine import Engine
+    from improv.session import Session
+    from improv.simulate import SimScheduler, SimTime
+
+    sim = SimTime()
+    clock = Clock(120.0, time_fn=sim)
+    s = Session(Engine(tiny_model_dir, provider="cpu", background=False), clock,
+                SimScheduler(sim))
+    s.start(thread=False)
+    s.submit(mido.Message("note_on", note=60, velocity=80), t=sim() - 0.004)
+    s.submit(mido.Message("note_off", note=60), t=sim())
+    s._tick_once(0.0)
+    assert len(s.ingest_ms) == 2
+    assert s.ingest_ms[0] == pytest.approx(4.0) and s.ingest_ms[1] == pytest.approx(0.0)

@@ -32,15 +32,13 @@ import torch
 from improv import tokens as tk
 from improv.baseline import BaselineError, NGramModel
 from improv.dataset import DataError, Split, default_corpus_dir, load_split
+from improv.keys import KK_MAJOR, KK_MINOR, MODES
 from improv.model import ModelError, load_model, load_styles
 
 MIN_GATE_TOKENS = 5000
 MEMO_N = 8
-# Krumhansl-Kessler key profiles (probe-tone ratings), index 0 = tonic.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
-MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)  # natural minor
+MAJOR_PROFILE, MINOR_PROFILE = np.array(KK_MAJOR), np.array(KK_MINOR)
+MAJOR_SCALE, MINOR_SCALE = MODES["major"], MODES["minor"]  # natural minor
 NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 # Never part of a continuation: the sampler in the live path forbids them too.
 BANNED = [tk.PAD] + [tk.style_token(k) for k in range(tk.N_STYLES)]

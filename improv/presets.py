@@ -19,8 +19,9 @@ Where presets come from, later folders overriding earlier ones by preset ``name`
    ``~/Library/Application Support/improv/presets`` (macOS), ``%APPDATA%\\improv\\presets``
    (Windows).
 
-The room imports the standard library only (``tomli`` on Python 3.10), so the UI and the
-live path can both hold presets without pulling anything else in.
+The room imports the standard library only (``tomli`` on Python 3.10) and the key table
+of :mod:`improv.keys`, so the UI and the live path can both hold presets without pulling
+anything else in.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from improv.keys import MODES, parse_key, pitch_classes
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -44,23 +47,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 # Kept equal to improv.tokens.CORPUS_STYLES (a test checks), so this room stays stdlib-only.
 CORPUS_STYLES: tuple[str, ...] = ("chorale", "renaissance", "celtic", "folk", "classical")
-
-NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-_FLATS = {"Db": 1, "Eb": 3, "Gb": 6, "Ab": 8, "Bb": 10, "Cb": 11, "Fb": 4, "E#": 5, "B#": 0}
-MODES: dict[str, tuple[int, ...]] = {
-    "major": (0, 2, 4, 5, 7, 9, 11),
-    "minor": (0, 2, 3, 5, 7, 8, 10),
-    "ionian": (0, 2, 4, 5, 7, 9, 11),
-    "dorian": (0, 2, 3, 5, 7, 9, 10),
-    "phrygian": (0, 1, 3, 5, 7, 8, 10),
-    "lydian": (0, 2, 4, 6, 7, 9, 11),
-    "mixolydian": (0, 2, 4, 5, 7, 9, 10),
-    "aeolian": (0, 2, 3, 5, 7, 8, 10),
-    "locrian": (0, 1, 3, 5, 6, 8, 10),
-    "harmonic_minor": (0, 2, 3, 5, 7, 8, 11),
-    "pentatonic": (0, 2, 4, 7, 9),
-    "minor_pentatonic": (0, 3, 5, 7, 10),
-}
 
 
 class PresetError(ValueError):
@@ -124,8 +110,7 @@ class Preset:
         parsed = parse_key(self.key)
         if parsed is None:
             return None
-        tonic, mode = parsed
-        return frozenset((tonic + step) % 12 for step in MODES[mode])
+        return pitch_classes(*parsed)
 
 
 # --- the schema's rules --------------------------------------------------------------------
@@ -182,27 +167,6 @@ def _fmt(v: object) -> str:
 
 def _number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def parse_key(text: str) -> tuple[int, str] | None:
-    """``"D dorian"`` -> ``(2, "dorian")``; ``"auto"``/``"off"`` -> None; ValueError if neither."""
-    t = text.strip()
-    if t.lower() in ("auto", "off"):
-        return None
-    parts = t.split(None, 1)
-    if len(parts) != 2:
-        raise ValueError(t)
-    tonic = parts[0][:1].upper() + parts[0][1:]
-    mode = parts[1].strip().lower().replace(" ", "_")
-    if tonic in NOTE_NAMES:
-        pc = NOTE_NAMES.index(tonic)
-    elif tonic in _FLATS:
-        pc = _FLATS[tonic]
-    else:
-        raise ValueError(t)
-    if mode not in MODES:
-        raise ValueError(t)
-    return pc, mode
 
 
 def _check(key: str, value: object) -> tuple[object, str | None]:

@@ -43,32 +43,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from improv import keys
 from improv import tokens as tk
-
-NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-_FLATS = {"Db": 1, "Eb": 3, "Gb": 6, "Ab": 8, "Bb": 10, "Cb": 11, "Fb": 4, "E#": 5, "B#": 0}
-MODES: dict[str, tuple[int, ...]] = {
-    "major": (0, 2, 4, 5, 7, 9, 11),
-    "minor": (0, 2, 3, 5, 7, 8, 10),
-    "ionian": (0, 2, 4, 5, 7, 9, 11),
-    "dorian": (0, 2, 3, 5, 7, 9, 10),
-    "phrygian": (0, 1, 3, 5, 7, 8, 10),
-    "lydian": (0, 2, 4, 6, 7, 9, 11),
-    "mixolydian": (0, 2, 4, 5, 7, 9, 10),
-    "aeolian": (0, 2, 3, 5, 7, 8, 10),
-    "locrian": (0, 1, 3, 5, 6, 8, 10),
-    "harmonic_minor": (0, 2, 3, 5, 7, 8, 11),
-    "pentatonic": (0, 2, 4, 7, 9),
-    "minor_pentatonic": (0, 3, 5, 7, 10),
-}
-
-# Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.
-_KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
-_KK_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
+from improv.keys import KK_MAJOR, KK_MINOR, NOTE_NAMES
 
 
 def _profile_matrix() -> np.ndarray:
-    rows = [np.roll(prof, t) for prof in (_KK_MAJOR, _KK_MINOR) for t in range(12)]
+    rows = [np.roll(prof, t) for prof in (KK_MAJOR, KK_MINOR) for t in range(12)]
     m = np.array(rows, dtype=np.float64)
     m -= m.mean(axis=1, keepdims=True)
     return m / np.linalg.norm(m, axis=1, keepdims=True)
@@ -91,7 +72,7 @@ class Key(NamedTuple):
         return f"{NOTE_NAMES[self.tonic]} {self.mode}"
 
     def pitch_classes(self) -> frozenset[int]:
-        return frozenset((self.tonic + s) % 12 for s in MODES[self.mode])
+        return keys.pitch_classes(self.tonic, self.mode)
 
 
 def infer_key(pitches_or_histogram: Iterable[float] | np.ndarray) -> Key | None:
@@ -117,20 +98,13 @@ def infer_key(pitches_or_histogram: Iterable[float] | np.ndarray) -> Key | None:
 
 
 def parse_key(text: str) -> tuple[int, str] | None:
-    """``"D dorian"`` -> ``(2, "dorian")``; ``"auto"`` / ``"off"`` -> None."""
-    t = text.strip()
-    if t.lower() in ("auto", "off", ""):
+    """``"D dorian"`` -> ``(2, "dorian")``, ``"D"`` -> D major; "auto", "off" or "" -> None."""
+    if not text.strip():
         return None
-    parts = t.split(None, 1)
-    tonic = parts[0][:1].upper() + parts[0][1:]
-    mode = parts[1].strip().lower().replace(" ", "_") if len(parts) == 2 else "major"
-    pc = NOTE_NAMES.index(tonic) if tonic in NOTE_NAMES else _FLATS.get(tonic)
-    if pc is None or mode not in MODES:
-        raise SamplerError(
-            f"key {text!r} is not a key: use 'auto', 'off' or a tonic and mode like 'D dorian' "
-            f"(modes: {', '.join(MODES)})"
-        )
-    return pc, mode
+    try:
+        return keys.parse_key(text, default_mode="major")
+    except ValueError as e:
+        raise SamplerError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ def test_wrong_type_names_line_and_reason(tmp_path, line, reason):
         "channel = 17", "program = 128", "end_call_cc = -1", "max_polyphony = 0",
         "velocity_curve = [1, 200]", 'response_start = "now"', 'mode = "solo"',
         'key = "H major"', 'key = "C bebop"', 'style = "Folk Song!"', "humanize_ms = -1",
+        'key = "D"', 'key = ""',  # a preset names the mode; the sampler alone reads "D" as major
     ],
 )
 def test_out_of_range_names_line_and_what_to_use(tmp_path, line):

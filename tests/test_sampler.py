@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from improv import tokens as tk
-from improv.sampler import MODES, Constraints, Sampler, SamplerError, infer_key, parse_key
+from improv.keys import MODES
+from improv.sampler import Constraints, Sampler, SamplerError, infer_key, parse_key
 
 V = tk.VOCAB_SIZE
 BAR_TICKS = 96
@@ -263,6 +264,15 @@ def test_bad_constraints_and_logits_raise_clear_errors():
         Constraints(top_p=0.0)
     with pytest.raises(SamplerError, match="vocabulary"):
         Sampler().sample(np.zeros(10))
+
+
+def test_parse_key_spellings():
+    assert parse_key("D dorian") == (2, "dorian")
+    assert parse_key("bb Harmonic Minor") == (10, "harmonic_minor")
+    assert parse_key("f#") == (6, "major")  # a bare tonic is major
+    assert parse_key("off") is None and parse_key(" Auto ") is None and parse_key("") is None
+    with pytest.raises(SamplerError, match="modes: major, minor"):
+        parse_key("C bebop")
 
 
 def test_from_preset_reads_preset_fields():

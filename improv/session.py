@@ -29,48 +29,38 @@ from __future__ import annotations
 import copy
 import logging
 import queue
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import mido
 
 from improv import tokens as tk
+from improv.answer import RESPONSE, Answer, Voice
 from improv.clock import Clock
 from improv.controls import Bindings, Learner
+from improv.knobs import PlayerControls
 from improv.ports import InputQueue
-from improv.presets import Preset, PresetLibrary, apply_overrides
+from improv.presets import Preset, PresetLibrary
 from improv.sampler import Constraints, Sampler
 from improv.scheduler import Scheduler
 from improv.session_api import (
     KNOBS,
     Intent,
     Latency,
-    Learn,
-    NoteView,
-    NudgeKnob,
-    Panic,
+    NoteHistory,
     PortView,
-    SelectPreset,
-    SetKey,
-    SetKnob,
-    SetMode,
     Snapshot,
     State,
-    Stop,
-    TapTempo,
 )
 
 log = logging.getLogger("improv.session")
 
 CLOCK_MESSAGES = frozenset({"clock", "start", "stop", "continue", "songpos"})
-RESPONSE = "response"  # scheduler tag of the machine's notes
 SNAPSHOT_EVERY = 0.05  # seconds between published snapshots (20 Hz)
 MAX_RESPONSE_BARS = 16
-MIN_NOTE_S = 0.002  # a machine note lasts at least this long, whatever humanize does
 
 
 @dataclass
@@ -84,25 +74,7 @@ class SessionOptions:
     history_beats: float = 32.0  # how much of the piano roll the snapshot carries
 
 
-@dataclass
-class _Response:
-    start_tick: int
-    end_tick: int
-    base: int  # tokens fed when generation began (Session._fed)
-    encoder: tk.StreamEncoder  # encoder state at base
-    sampler_state: dict
-    call_base: int  # the same, before the TURN: a player who goes on before the
-    call_encoder: tk.StreamEncoder  # answer sounds is still playing the call
-    call_sampler: dict
-    call_start: int
-    tokens: list[tuple[int, int]] = field(default_factory=list)  # (token, tick) generated
-    sounding: dict[int, float] = field(default_factory=dict)  # machine pitch -> on deadline
-    last_off: dict[int, float] = field(default_factory=dict)  # machine pitch -> off deadline
-    first_note: bool = False
-    planned_time: float = 0.0
-
-
-class Session:
+class Session(PlayerControls):
     """One performance: call and response between a player and an engine."""
 
     def __init__(
@@ -135,7 +107,7 @@ class Session:
         self._inbox = inbox if inbox is not None else InputQueue()
         self._intents: queue.Queue = queue.Queue()
         self._log: deque[str] = deque(maxlen=500)
-        self._rng = random.Random(self.options.seed)
+        self.voice = Voice(scheduler, self._time_of, self.options.seed)
         self.state = State.IDLE
         self.preset = self._resolve(preset) if preset is not None else next(iter(self.presets))
         self._pending_preset: Preset | None = None
@@ -149,9 +121,8 @@ class Session:
         self._keys_down: set[int] = set()
         self._last_human = 0.0  # time of the player's last note event
         self._call_start: int | None = None
-        self._response: _Response | None = None
-        self._notes: deque[NoteView] = deque(maxlen=512)
-        self._open_views: dict[tuple[str, int], NoteView] = {}
+        self._response: Answer | None = None
+        self._history = NoteHistory()
         self._snapshot = Snapshot()
         self._snap_time = 0.0
         self._stop = threading.Event()
@@ -164,7 +135,6 @@ class Session:
         # but the token stream's time only runs forward (see _transport).
         self._offset = 0
         self.follower = None  # a MidiClockFollower when slaved to MIDI beat clock
-        self.ingest_ms: deque[float] = deque(maxlen=4096)  # note in -> tokens fed (bench/)
         self.ingest_ms: deque[float] = deque(maxlen=4096)  # note in -> tokens fed (bench/)
 
     # --- public surface ----------------------------------------------------------------------
@@ -294,7 +264,6 @@ class Session:
         self._last_human = t
         self._feed(toks, human=True)
         self.ingest_ms.append((self.clock.time_fn() - t) * 1000.0)
-        self.ingest_ms.append((self.clock.time_fn() - t) * 1000.0)
         self._view("human", pitch, velocity, tick)
         if self.recorder is not None:
             kind = "note_on" if velocity else "note_off"
@@ -347,7 +316,7 @@ class Session:
         toks += self.encoder.advance(start)
         self._feed(toks, human=True)
         self._call_start = None
-        self._response = _Response(
+        self._response = Answer(
             start_tick=start,
             end_tick=end,
             base=self._fed,
@@ -401,40 +370,24 @@ class Session:
         if tk.is_note_on(tok):
             p = tk.token_pitch(tok)
             r.first_note = True
-            velocity = self.preset.shape_velocity(tk.bin_velocity(self.encoder.velocity_bin))
-            # Humanize may pull an on early, but never before this key's last off.
-            deadline = max(self._deadline(tick, humanize=True), r.last_off.get(p, 0.0))
-            r.sounding[p] = deadline
-            self.scheduler.schedule(
-                mido.Message("note_on", channel=self._channel(), note=p, velocity=velocity),
-                deadline, tag=RESPONSE)
-            if len(self.responses) and self.responses[-1].get("first_note_deadline") is None:
+            velocity = tk.bin_velocity(self.encoder.velocity_bin)
+            deadline = self.voice.note_on(r, p, tick, velocity, self.preset)
+            if self.responses and self.responses[-1].get("first_note_deadline") is None:
                 self.responses[-1]["first_note_deadline"] = deadline
             self._view("machine", p, velocity, tick)
         elif tk.is_note_off(tok):
             p = tk.token_pitch(tok)
-            on = r.sounding.pop(p, None)
-            if on is not None:
-                self._schedule_off(p, tick, after=on)
-
-    def _schedule_off(self, pitch: int, tick: int, after: float) -> None:
-        # Humanize moves note-ons: an off must still follow its own on, or the note sticks.
-        deadline = max(self._deadline(tick), after + MIN_NOTE_S)
-        if self._response is not None:
-            self._response.last_off[pitch] = deadline
-        self.scheduler.schedule(
-            mido.Message("note_off", channel=self._channel(), note=pitch, velocity=0),
-            deadline, tag=RESPONSE)
-        self._view("machine", pitch, 0, tick)
+            self.voice.note_off(r, p, tick, self.preset)
+            self._view("machine", p, 0, tick)
 
     def _finish_response(self) -> None:
-        """The response has reached its length: end its notes, hand the turn back."""
+        """The answer has reached its length: end its notes, hand the turn back."""
         r = self._response
         toks = []
-        for p, on in sorted(r.sounding.items()):
+        for p in sorted(r.sounding):
             toks += self.encoder.note_off(r.end_tick, p)
-            self._schedule_off(p, r.end_tick, after=on)
-        r.sounding.clear()
+            self.voice.note_off(r, p, r.end_tick, self.preset)
+            self._view("machine", p, 0, r.end_tick)
         toks += self.encoder.turn()
         self._feed(toks, human=False)
         self._response = None
@@ -453,15 +406,7 @@ class Session:
             self._say("the call goes on")
             self._set_state(State.LISTENING)
             return
-        heard = []
-        for tok, t in r.tokens:  # the answer as far as it sounded, cut at the player's tick
-            if t > tick or (t == tick and tk.is_note_on(tok)):
-                break
-            if tk.is_time_shift(tok) and t + tk.shift_ticks(tok) > tick:
-                if tick > t:
-                    heard.append(tk.time_shift_token(tick - t))
-                break
-            heard.append(tok)
+        heard = r.heard(tick)
         self._rewind(r.base, r.encoder, r.sampler_state)
         for tok in heard:
             self.encoder.observe(tok)
@@ -482,109 +427,6 @@ class Session:
         self._fed = base
         self.encoder = copy.deepcopy(encoder)
         _restore_sampler(self.sampler, sampler_state)
-
-    # --- knobs, presets, intents -----------------------------------------------------------------
-
-    def _on_intent(self, intent: Intent) -> None:
-        if isinstance(intent, SetKnob):
-            self._set_knob(intent.name, intent.value)
-        elif isinstance(intent, NudgeKnob):
-            lo, hi, step = KNOBS[intent.name]
-            self._set_knob(intent.name, self._knob_value(intent.name) + intent.steps * step)
-        elif isinstance(intent, SelectPreset):
-            self._switch_preset(intent.which, now=intent.now)
-        elif isinstance(intent, SetMode):
-            self._update_preset(mode=intent.mode)
-        elif isinstance(intent, SetKey):
-            self._update_preset(key=intent.key)
-        elif isinstance(intent, TapTempo):
-            bpm = self.clock.tap()
-            if bpm is not None:
-                self._say(f"tap tempo: {bpm:.1f} BPM")
-        elif isinstance(intent, Learn):
-            if self.controls is not None:
-                self.controls.arm(intent.knob)
-                if intent.knob:
-                    self._say(f"MIDI learn: move a control for {intent.knob}")
-        elif isinstance(intent, Panic):
-            self.scheduler.panic()
-            self._say("panic: all notes off")
-        elif isinstance(intent, Stop):
-            self._stop.set()
-
-    def _knob_value(self, name: str) -> float:
-        if name == "bpm":
-            return self.clock.bpm
-        return float(getattr(self.preset, name))
-
-    def _set_knob(self, name: str, value: float) -> None:
-        if name not in KNOBS:
-            self._say(f"unknown knob {name!r}")
-            return
-        lo, hi, _ = KNOBS[name]
-        value = min(max(float(value), lo), hi)
-        if name == "bpm":
-            self.clock.set_tempo(value)
-        elif name == "response_bars":
-            self._update_preset(response_bars=int(round(value)))
-        else:
-            self._update_preset(**{name: value})
-
-    def _update_preset(self, **changes) -> None:
-        try:
-            self.preset = apply_overrides(self.preset, **changes)
-        except ValueError as e:
-            self._say(str(e))
-            return
-        self.sampler.set_constraints(_constraints(self.preset, self.sampler.constraints))
-
-    def _resolve(self, which: Preset | str | int) -> Preset:
-        if isinstance(which, Preset):
-            return which
-        if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
-            return self.presets.by_number(int(which))
-        return self.presets.get(which)
-
-    def _switch_preset(self, which: int | str, now: bool) -> None:
-        try:
-            preset = self._resolve(which)
-        except (KeyError, IndexError, ValueError) as e:
-            self._say(f"no preset {which!r}: {e}")
-            return
-        if now or preset.switch == "now" or self.state == State.IDLE:
-            if self._response is not None:
-                self.scheduler.cancel(RESPONSE)
-                self._barge_in(int(self._now()))
-            self._pending_preset = preset
-            self._apply_pending_preset()
-        else:
-            self._pending_preset = preset
-            self._say(f"preset {preset.name} at the next phrase")
-
-    def _apply_pending_preset(self) -> None:
-        p = self._pending_preset
-        if p is None:
-            return
-        self._pending_preset = None
-        old_style = self.preset.style
-        self.preset = p
-        self.sampler.set_constraints(_constraints(p, self.sampler.constraints))
-        if p.bpm:
-            self.clock.set_tempo(p.bpm)
-        self._program_sent = False
-        self._send_program()
-        if p.style != old_style:
-            self._restyle(p.style)
-        self._say(f"preset: {p.name} (style {p.style})")
-
-    def _restyle(self, style: str) -> None:
-        """The STYLE token sits at position 0: re-encode the recent context under the new one."""
-        try:
-            keep = self.engine.context_tokens[1:][-(self.engine.context // 2):]
-            self.engine.reset(style)
-            self._logits = self.engine.feed(keep) if keep else self.engine.logits
-        except Exception as e:  # an unknown style keeps the old one playing
-            self._say(f"style {style!r} unavailable: {e}")
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -616,14 +458,6 @@ class Session:
         self._feed(self.encoder.start(None), human=True)
         self._send_program()
 
-    def _send_program(self) -> None:
-        if self._program_sent or self.preset.program is None:
-            return
-        self.scheduler.schedule(
-            mido.Message("program_change", channel=self._channel(), program=self.preset.program),
-            0.0, tag="program")
-        self._program_sent = True
-
     def _feed(self, toks: list[int], human: bool) -> None:
         if not toks:
             return
@@ -640,30 +474,12 @@ class Session:
     def _channel(self) -> int:
         return int(self.preset.channel) - 1
 
-    def _deadline(self, tick: float, humanize: bool = False) -> float:
-        swing = self.preset.swing
-        eighth = tk.TICKS_PER_QUARTER // 2
-        if swing and tick % tk.TICKS_PER_QUARTER == eighth:
-            tick += swing * eighth
-        t = self._time_of(tick)
-        if humanize and self.preset.humanize_ms:
-            t += self._rng.gauss(0.0, self.preset.humanize_ms / 2000.0)
-        return t
-
     def _view(self, who: str, pitch: int, velocity: int, tick: float) -> None:
         beat = tick / self.clock.beat_ticks
-        key = (who, pitch)
         if velocity > 0:
-            view = NoteView(who, pitch, beat)
-            self._open_views[key] = view
-            self._notes.append(view)
-        elif key in self._open_views:
-            old = self._open_views.pop(key)
-            try:
-                i = len(self._notes) - 1 - list(reversed(self._notes)).index(old)
-                self._notes[i] = replace(old, end=beat)
-            except ValueError:
-                pass
+            self._history.on(who, pitch, beat)
+        else:
+            self._history.off(who, pitch, beat)
 
     def _set_state(self, state: State) -> None:
         if state == self.state:
@@ -711,16 +527,11 @@ class Session:
                 late=ss.late,
                 dropped=0,
             ),
-            notes=tuple(self._notes)[-128:],
+            notes=self._history.recent(),
             learning=getattr(self.controls, "armed", None),
             bindings=self.controls.bindings.ccs() if self.controls is not None else {},
             recording=str(getattr(self.recorder, "path", "")) or None,
         )
-
-
-def _constraints(preset: Preset, old: Constraints) -> Constraints:
-    new = Constraints.from_preset(preset)
-    return replace(old, **{f: getattr(new, f) for f in new.__dataclass_fields__})
 
 
 def _sampler_state(s: Sampler) -> dict:

@@ -10,7 +10,8 @@ shared between threads but a reference swap and a queue.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 
@@ -29,6 +30,29 @@ class NoteView:
     pitch: int
     start: float
     end: float | None = None  # None while sounding
+
+
+class NoteHistory:
+    """The recent notes of both players, for the piano roll; used on the session thread."""
+
+    def __init__(self, maxlen: int = 512) -> None:
+        self.notes: deque[NoteView] = deque(maxlen=maxlen)
+        self._open: dict[tuple[str, int], int] = {}  # (who, pitch) -> serial of its view
+        self._serial = 0  # views appended so far, to find an open one after the deque rolls
+
+    def on(self, who: str, pitch: int, beat: float) -> None:
+        self.notes.append(NoteView(who, pitch, beat))
+        self._open[(who, pitch)] = self._serial
+        self._serial += 1
+
+    def off(self, who: str, pitch: int, beat: float) -> None:
+        serial = self._open.pop((who, pitch), None)
+        i = None if serial is None else len(self.notes) - (self._serial - serial)
+        if i is not None and i >= 0:
+            self.notes[i] = replace(self.notes[i], end=beat)
+
+    def recent(self, n: int = 128) -> tuple[NoteView, ...]:
+        return tuple(self.notes)[-n:]
 
 
 @dataclass(frozen=True)

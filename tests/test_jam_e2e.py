@@ -68,8 +68,12 @@ def test_jam_answers_on_the_beat_and_ends_every_note(jack_backend, tiny_model_di
             time.sleep(0.2)
             out.send(mido.Message("note_off", note=pitch, velocity=0))
             time.sleep(0.05)
-        wait_for(lambda: any(m.type == "note_on" and m.velocity > 0 for _, m in received),
-                 15.0, "the answer's first note")
+        try:
+            wait_for(lambda: any(m.type == "note_on" and m.velocity > 0 for _, m in received),
+                     15.0, "the answer's first note")
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(f"no answer; the jam said:\n{proc.communicate()[0]}") from None
         time.sleep(1.0)  # let the answer play a while, then stop the jam mid-answer
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=15)

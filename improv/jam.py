@@ -257,6 +257,22 @@ def open_ports(args: argparse.Namespace):
     return inp, out
 
 
+def select_port(rig: Rig, inp, out, role: str, name: str) -> PortView:
+    """Reopen the input or output on another port; on failure the old one is back in use."""
+    port = inp if role == "in" else out
+    if role == "out":
+        rig.scheduler.panic()  # the synth we leave must not keep our notes
+    old = (port.query, port.virtual)
+    port.query, port.virtual = name, False
+    try:
+        port.reopen()
+    except Exception:
+        port.query, port.virtual = old
+        port.reopen()
+        raise
+    return PortView(role, port.name, True, False)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -277,10 +293,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                  PortView("out", out.name, True, out.virtual))
         rig = build_rig(args, out, inbox=inp.queue, ports=ports, follower=args.clock == "midi")
         rig.closers += [inp, out]
+        rig.session.port_selector = lambda role, name: select_port(rig, inp, out, role, name)
         if not inp.virtual:
-            watcher = PortWatcher(inp, on_event=lambda ev, name: rig.session._say(
-                f"input {name}: {'unplugged, waiting for it' if ev == 'lost' else 'back'}"))
-            rig.closers.append(watcher.start())
+            def on_port(event: str, name: str) -> None:
+                rig.session.set_port(PortView("in", name, event == "back", False))
+                rig.session._say(
+                    f"input {name}: {'unplugged, waiting for it' if event == 'lost' else 'back'}")
+
+            rig.closers.append(PortWatcher(inp, on_event=on_port).start())
         if args.clock_out:
             sender = ClockSender(rig.clock, out.send).open()
             sender.start()  # a slave's beat 1 lands on our next bar line

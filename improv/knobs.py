@@ -14,6 +14,7 @@ A new style re-encodes the recent context under the new STYLE token.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import mido
@@ -26,6 +27,8 @@ from improv.session_api import (
     Learn,
     NudgeKnob,
     Panic,
+    PortView,
+    SelectPort,
     SelectPreset,
     SetKey,
     SetKnob,
@@ -66,8 +69,27 @@ class PlayerControls:
         elif isinstance(intent, Panic):
             self.scheduler.panic()
             self._say("panic: all notes off")
+        elif isinstance(intent, SelectPort):
+            if self.port_selector is None:
+                self._say("ports are fixed in this session")
+            else:  # opening a port may block on a driver: never on the session thread
+                threading.Thread(target=self._select_port, args=(intent.role, intent.name),
+                                 name="improv-port-select", daemon=True).start()
         elif isinstance(intent, Stop):
             self._stop.set()
+
+    def _select_port(self, role: str, name: str) -> None:
+        try:
+            view = self.port_selector(role, name)
+        except Exception as e:  # the old port stays in use
+            self._say(f"could not open the {role}put port {name!r}: {e}")
+            return
+        self.set_port(view)
+        self._say(f"{role}put port: {view.name}")
+
+    def set_port(self, view: PortView) -> None:
+        """A port changed (picked, unplugged, back); safe from any thread."""
+        self.ports = tuple(view if p.role == view.role else p for p in self.ports) or (view,)
 
     def _knob_value(self, name: str) -> float:
         if name == "bpm":

@@ -102,6 +102,8 @@ class Session(PlayerControls):
         self.controls = controls  # CC -> knob bindings and MIDI learn
         self.on_learned = on_learned  # saves the bindings; called on the session thread
         self.ports = ports
+        # (role, name) -> PortView: reopens a port when the UI picks another (set by jam)
+        self.port_selector: Callable[[str, str], PortView] | None = None
         self.on_state = on_state
         # The input port's own queue when there is one: its callback only stamps and enqueues.
         self._inbox = inbox if inbox is not None else InputQueue()

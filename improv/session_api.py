@@ -150,6 +150,12 @@ class Learn(Intent):
 
 
 @dataclass(frozen=True)
+class SelectPort(Intent):
+    role: str  # "in" | "out"
+    name: str  # a port name as the backend lists it
+
+
+@dataclass(frozen=True)
 class Panic(Intent):
     pass
 

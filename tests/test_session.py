@@ -264,3 +264,37 @@ def test_following_a_midi_clock_master_that_moves_the_song_position(tiny_model_d
     s._tick_once(0)
     assert s._now() >= before
     assert s._offset % clock.bar_ticks == 0
+
+
+def test_picking_another_port_reopens_it_off_the_session_thread(tiny_model_dir, library):
+    import threading
+
+    from improv.session_api import PortView, SelectPort
+
+    s, sim, clock, sched = make_session(tiny_model_dir, library)
+    s.ports = (PortView("in", "keys", True), PortView("out", "synth A", True))
+    picked = threading.Event()
+    threads = []
+
+    def selector(role, name):
+        threads.append(threading.current_thread().name)
+        if name == "broken":
+            raise OSError("no such device")
+        picked.set()
+        return PortView(role, name, True)
+
+    s.port_selector = selector
+    s.send(SelectPort("out", "synth B"))
+    s._tick_once(0)
+    assert picked.wait(2.0)
+    deadline = time.monotonic() + 2.0
+    while s.ports[1].name != "synth B" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [p.name for p in s.ports] == ["keys", "synth B"]
+    assert threads and threads[0] != "MainThread"
+    s.send(SelectPort("out", "broken"))
+    s._tick_once(0)
+    deadline = time.monotonic() + 2.0
+    while not any("could not open" in x for x in s._log) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [p.name for p in s.ports] == ["keys", "synth B"]

@@ -13,7 +13,8 @@ This module owns the quality numbers of a model:
 
 The model sees what it saw in training: a STYLE token at position 0, then a crop of the
 piece. Pieces longer than the context are scored with overlapping windows (see
-:func:`window_plan`); generation recomputes the last C tokens each step.
+:func:`window_plan`). Prompts, generation and the musical figures live in
+:mod:`improv.musical`.
 """
 
 from __future__ import annotations
@@ -32,93 +33,26 @@ import torch
 from improv import tokens as tk
 from improv.baseline import BaselineError, NGramModel
 from improv.dataset import DataError, Split, default_corpus_dir, load_split
-from improv.keys import KK_MAJOR, KK_MINOR, MODES
 from improv.model import ModelError, load_model, load_styles
+from improv.musical import (
+    MEMO_N,
+    NAMES,
+    MemorizationIndex,
+    choose_prompts,
+    density_ratio,
+    estimate_key,
+    generate_model,
+    generate_ngram,
+    in_key,
+    model_context,
+    note_on_pitches,
+)
 
 MIN_GATE_TOKENS = 5000
-MEMO_N = 8
-MAJOR_PROFILE, MINOR_PROFILE = np.array(KK_MAJOR), np.array(KK_MINOR)
-MAJOR_SCALE, MINOR_SCALE = MODES["major"], MODES["minor"]  # natural minor
-NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-# Never part of a continuation: the sampler in the live path forbids them too.
-BANNED = [tk.PAD] + [tk.style_token(k) for k in range(tk.N_STYLES)]
 
 
 class EvalError(ValueError):
     """Evaluation cannot run as asked; the message says what to do."""
-
-
-# --- musical figures ---------------------------------------------------------------------
-
-
-def note_on_pitches(toks) -> np.ndarray:
-    """MIDI pitches of the NOTE_ON tokens, in order."""
-    return np.array([e.pitch for e in tk.decode_tokens(toks) if e.velocity > 0], dtype=np.int64)
-
-
-def estimate_key(toks) -> tuple[int, str]:
-    """(tonic pitch class, "major" | "minor"): Krumhansl-Schmuckler on the duration-weighted
-    pitch-class histogram (note counts when nothing has a duration)."""
-    hist = np.zeros(12)
-    for n in tk.decode_notes(toks):
-        hist[n.pitch % 12] += n.end - n.start
-    if not hist.any():
-        hist += np.bincount(note_on_pitches(toks) % 12, minlength=12)
-    if not hist.any():
-        return 0, "major"
-    best, key = -2.0, (0, "major")
-    for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
-        for tonic in range(12):
-            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
-            if np.isfinite(r) and r > best + 1e-12:
-                best, key = r, (tonic, mode)
-    return key
-
-
-def in_key(pitches: np.ndarray, key: tuple[int, str]) -> int:
-    """How many of ``pitches`` belong to the key's diatonic scale."""
-    scale = MAJOR_SCALE if key[1] == "major" else MINOR_SCALE
-    return int(np.isin((np.asarray(pitches) - key[0]) % 12, scale).sum())
-
-
-def notes_per_quarter(toks) -> float:
-    """Note-ons per quarter; a stretch with (almost) no time counts as one quarter long."""
-    ticks = sum(tk.shift_ticks(t) for t in map(int, toks) if tk.is_time_shift(t))
-    return len(note_on_pitches(toks)) / max(ticks / tk.TICKS_PER_QUARTER, 1.0)
-
-
-def density_ratio(prompt, continuation) -> float | None:
-    base = notes_per_quarter(prompt)
-    return notes_per_quarter(continuation) / base if base > 0 else None
-
-
-def pitch_ngrams(pitches: np.ndarray, n: int = MEMO_N) -> np.ndarray:
-    """Each run of n consecutive pitches packed exactly into one int64 (7 bits a pitch)."""
-    p = np.asarray(pitches, dtype=np.int64) - tk.LOWEST_PITCH
-    if len(p) < n:
-        return np.zeros(0, np.int64)
-    key = np.zeros(len(p) - n + 1, np.int64)
-    for j in range(n):
-        key = (key << 7) | p[j : len(p) - n + 1 + j]
-    return key
-
-
-class MemorizationIndex:
-    """Every 8-note NOTE_ON pitch sequence of the training pieces (as stored, untransposed)."""
-
-    def __init__(self, pieces, n: int = MEMO_N):
-        self.n = n
-        grams = []
-        for toks in pieces:
-            t = np.asarray(toks, dtype=np.int64)
-            on = t[(t >= tk.NOTE_ON_BASE) & (t < tk.NOTE_OFF_BASE)] - tk.NOTE_ON_BASE
-            grams.append(pitch_ngrams(on + tk.LOWEST_PITCH, n))
-        self.keys = np.unique(np.concatenate(grams)) if grams else np.zeros(0, np.int64)
-
-    def count(self, pitches) -> tuple[int, int]:
-        """(n-grams found in training, n-grams in ``pitches``)."""
-        g = pitch_ngrams(pitches, self.n)
-        return int(np.isin(g, self.keys, assume_unique=False).sum()), len(g)
 
 
 # --- scoring -----------------------------------------------------------------------------
@@ -154,10 +88,6 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def model_context(model) -> int:
-    return int((getattr(model, "cfg", None) or model.config).context)
-
-
 @torch.no_grad()
 def model_nll(model, pieces: list[np.ndarray], batch_size=16, device="cpu") -> list[np.ndarray]:
     """Negative log-likelihood (nats) of every token after the STYLE token, per piece."""
@@ -181,95 +111,6 @@ def model_nll(model, pieces: list[np.ndarray], batch_size=16, device="cpu") -> l
             out[i][first - 1 : end] = -logp[r, j, x[r, j + 1]].numpy()
     return out
 
-
-# --- generation --------------------------------------------------------------------------
-
-
-def sample_top_p(probs: np.ndarray, top_p: float, rng: np.random.Generator) -> np.ndarray:
-    """One token per row of ``probs`` [B, V] from the smallest set holding ``top_p`` of the mass."""
-    order = np.argsort(-probs, axis=1, kind="stable")
-    sp = np.take_along_axis(probs, order, axis=1)
-    cum = np.cumsum(sp, axis=1)
-    sp = np.where(cum - sp < top_p * cum[:, -1:], sp, 0.0)  # always keeps the most likely
-    cum = np.cumsum(sp, axis=1)
-    u = rng.random((len(probs), 1)) * cum[:, -1:]
-    pick = np.minimum((cum <= u).sum(axis=1), probs.shape[1] - 1)
-    return order[np.arange(len(probs)), pick]
-
-
-def _tempered(logp: np.ndarray, temperature: float) -> np.ndarray:
-    logp = logp.astype(np.float64)
-    logp[:, BANNED] = -np.inf
-    z = logp / max(temperature, 1e-6)
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-@torch.no_grad()
-def generate_model(model, prompts, n_tokens, temperature=1.0, top_p=0.95, seed=0, device="cpu",
-                   batch_size=32) -> list[np.ndarray]:
-    """Continue each prompt by recomputing [STYLE] + the last C-1 tokens at every step."""
-    C, rng, outs = model_context(model), np.random.default_rng(seed), []
-    for b0 in range(0, len(prompts), batch_size):
-        batch = [list(map(int, p)) for p in prompts[b0 : b0 + batch_size]]
-        gen: list[list[int]] = [[] for _ in batch]
-        for _ in range(n_tokens):
-            rows = [[p[0]] + (p[1:] + g)[-(C - 1):] for p, g in zip(batch, gen, strict=True)]
-            x = torch.full((len(rows), max(map(len, rows))), tk.PAD, dtype=torch.long)
-            for r, row in enumerate(rows):
-                x[r, : len(row)] = torch.tensor(row)
-            lens = torch.tensor([len(r) - 1 for r in rows])
-            logits = _logits(model, x.to(device))[torch.arange(len(rows)), lens.to(device)]
-            logp = torch.log_softmax(logits.float()[:, : tk.VOCAB_SIZE], dim=-1).cpu().numpy()
-            picks = sample_top_p(_tempered(logp, temperature), top_p, rng)
-            for g, t in zip(gen, picks, strict=True):
-                g.append(int(t))
-        outs += [np.array(g, dtype=np.int64) for g in gen]
-    return outs
-
-
-def generate_ngram(ngram: NGramModel, prompts, n_tokens, temperature=1.0, top_p=0.95,
-                   seed=0) -> list[np.ndarray]:
-    rng, outs = np.random.default_rng(seed), []
-    for p in prompts:
-        seq = list(map(int, p))
-        for _ in range(n_tokens):
-            probs = _tempered(np.log(ngram.next_distribution(seq))[None], temperature)
-            seq.append(int(sample_top_p(probs, top_p, rng)[0]))
-        outs.append(np.array(seq[len(p):], dtype=np.int64))
-    return outs
-
-
-def make_prompt(piece: np.ndarray, bars: int = 8, max_tokens: int = 512,
-                n_tokens: int | None = None) -> np.ndarray | None:
-    """The first ``bars`` bars of a piece (fewer whole bars where they pass ``max_tokens``),
-    or its first ``n_tokens``; None if the piece is not longer than that."""
-    if n_tokens:
-        return piece[:n_tokens] if len(piece) > n_tokens else None
-    lines = np.flatnonzero(piece == tk.BAR)  # lines[b] starts bar b + 1
-    fits = np.flatnonzero(lines[1 : bars + 1] <= max_tokens)
-    if len(lines) <= bars or not len(fits):
-        return None
-    return piece[: lines[fits[-1] + 1]]
-
-
-def choose_prompts(pieces, styles, n, gen_tokens, seed, **prompt_args) -> list[tuple]:
-    """Up to n (piece index, prompt) pairs, round-robin over styles (random within a style),
-    each from a piece with ``gen_tokens`` true continuation tokens after the prompt."""
-    rng = np.random.default_rng(seed)
-    by_style: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for i in rng.permutation(len(pieces)):
-        pr = make_prompt(pieces[i], **prompt_args)
-        if pr is not None and len(pieces[i]) >= len(pr) + gen_tokens:
-            by_style.setdefault(int(styles[i]), []).append((int(i), pr))
-    chosen: list[tuple[int, np.ndarray]] = []
-    queues = [by_style[s] for s in sorted(by_style)]
-    while len(chosen) < n and any(queues):
-        for q in queues:
-            if q and len(chosen) < n:
-                chosen.append(q.pop(0))
-    return chosen
 
 
 # --- the evaluation ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""improv eval: window scoring, musical figures, the gate, and the command end to end."""
+"""improv eval: window scoring, musical figures, cached generation, the gate, end to end."""
 
 import json
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from improv import evaluate as ev
+from improv import musical as mu
 from improv import tokens as tk
 from improv.dataset import write_split
 from improv.model import GPT, ModelConfig, save_model
@@ -79,34 +80,34 @@ def test_long_pieces_use_windows_with_style_at_position_zero():
 
 def test_key_of_c_major_and_a_minor_scales():
     up_down = SCALE_C + SCALE_C[-2::-1]
-    assert ev.estimate_key(melody(up_down)) == (0, "major")
+    assert mu.estimate_key(melody(up_down)) == (0, "major")
     a_minor = [57, 59, 60, 62, 64, 65, 67, 69]
-    assert ev.estimate_key(melody(a_minor + a_minor[-2::-1])) == (9, "minor")
-    assert ev.estimate_key(melody([p + 2 for p in up_down])) == (2, "major")
+    assert mu.estimate_key(melody(a_minor + a_minor[-2::-1])) == (9, "minor")
+    assert mu.estimate_key(melody([p + 2 for p in up_down])) == (2, "major")
 
 
 def test_in_key_share():
-    assert ev.in_key(np.array(SCALE_C), (0, "major")) == 8
-    assert ev.in_key(np.array([61, 63, 66, 68, 70]), (0, "major")) == 0
-    assert ev.in_key(np.array([57, 60, 64, 68]), (9, "minor")) == 3  # G# is not natural minor
+    assert mu.in_key(np.array(SCALE_C), (0, "major")) == 8
+    assert mu.in_key(np.array([61, 63, 66, 68, 70]), (0, "major")) == 0
+    assert mu.in_key(np.array([57, 60, 64, 68]), (9, "minor")) == 3  # G# is not natural minor
 
 
 def test_density_ratio():
     prompt = melody(SCALE_C, dur=24)  # one note a quarter
-    assert ev.notes_per_quarter(prompt) == pytest.approx(1.0)
-    assert ev.density_ratio(prompt, melody(SCALE_C * 2, dur=12)) == pytest.approx(2.0)
-    assert ev.density_ratio(prompt, melody([60], dur=96)) == pytest.approx(0.25)
-    assert ev.density_ratio(melody([]), prompt) is None
+    assert mu.notes_per_quarter(prompt) == pytest.approx(1.0)
+    assert mu.density_ratio(prompt, melody(SCALE_C * 2, dur=12)) == pytest.approx(2.0)
+    assert mu.density_ratio(prompt, melody([60], dur=96)) == pytest.approx(0.25)
+    assert mu.density_ratio(melody([]), prompt) is None
 
 
 def test_memorization():
     rng = np.random.default_rng(0)
     train = [melody(rng.integers(40, 90, size=60).tolist()) for _ in range(5)]
-    index = ev.MemorizationIndex(train)
+    index = mu.MemorizationIndex(train)
     copy = train[2][10:200]
-    found, total = index.count(ev.note_on_pitches(copy))
+    found, total = index.count(mu.note_on_pitches(copy))
     assert total > 20 and found == total
-    fresh = ev.note_on_pitches(melody(rng.integers(21, 109, size=60).tolist()))
+    fresh = mu.note_on_pitches(melody(rng.integers(21, 109, size=60).tolist()))
     found, total = index.count(fresh)
     assert total == 53 and found / total < 0.05
     assert index.count(np.array(SCALE_C[:7])) == (0, 0)
@@ -114,13 +115,13 @@ def test_memorization():
 
 def test_pitch_ngram_keys_are_exact():
     low, high = tk.LOWEST_PITCH, tk.HIGHEST_PITCH
-    a = ev.pitch_ngrams([low, low + 64] + [low] * 6)
-    b = ev.pitch_ngrams([low + 1, low] + [low] * 6)
+    a = mu.pitch_ngrams([low, low + 64] + [low] * 6)
+    b = mu.pitch_ngrams([low + 1, low] + [low] * 6)
     assert len(a) == len(b) == 1 and a[0] != b[0]
     rng = np.random.default_rng(1)
     grams = rng.integers(low, high + 1, size=(3000, 8))
     grams[:, 0] = high  # the top bits in use
-    keys = np.concatenate([ev.pitch_ngrams(g) for g in grams])
+    keys = np.concatenate([mu.pitch_ngrams(g) for g in grams])
     assert len(np.unique(keys)) == len(np.unique(grams, axis=0))
 
 
@@ -128,24 +129,91 @@ def test_prompts_are_whole_bars_with_a_true_continuation():
     piece = np.array(melody(SCALE_C * 4, dur=48))  # two notes a bar, 16 bars
     bars = np.flatnonzero(piece == tk.BAR)
     assert len(bars) == 17  # 16 bars and the line where the last one ends
-    np.testing.assert_array_equal(ev.make_prompt(piece, bars=8), piece[: bars[8]])
-    short = ev.make_prompt(piece, bars=8, max_tokens=int(bars[3]))
+    np.testing.assert_array_equal(mu.make_prompt(piece, bars=8), piece[: bars[8]])
+    short = mu.make_prompt(piece, bars=8, max_tokens=int(bars[3]))
     np.testing.assert_array_equal(short, piece[: bars[3]])  # fewer whole bars when too long
-    assert ev.make_prompt(piece, bars=17) is None
-    assert len(ev.make_prompt(piece, n_tokens=10)) == 10
+    assert mu.make_prompt(piece, bars=17) is None
+    assert len(mu.make_prompt(piece, n_tokens=10)) == 10
     other = np.array(melody(SCALE_C[:4], style=1))  # too short for 8 bars
-    chosen = ev.choose_prompts([piece, other, piece], [0, 1, 2], 5, 20, seed=0, bars=8)
+    chosen = mu.choose_prompts([piece, other, piece], [0, 1, 2], 5, 20, seed=0, bars=8)
     assert sorted(i for i, _ in chosen) == [0, 2]
-    assert ev.choose_prompts([piece], [0], 5, len(piece), seed=0, bars=8) == []
+    assert mu.choose_prompts([piece], [0], 5, len(piece), seed=0, bars=8) == []
 
 
 def test_top_p_keeps_the_nucleus():
     rng = np.random.default_rng(0)
     probs = np.array([[0.5, 0.3, 0.15, 0.05]] * 2000)
-    picks = ev.sample_top_p(probs, 0.9, rng)
+    picks = mu.sample_top_p(probs, 0.9, rng)
     assert set(picks.tolist()) == {0, 1, 2}
     assert abs((picks == 0).mean() - 0.5 / 0.95) < 0.05
-    assert (ev.sample_top_p(probs[:5], 1e-9, rng) == 0).all()
+    assert (mu.sample_top_p(probs[:5], 1e-9, rng) == 0).all()
+
+
+# --- generation --------------------------------------------------------------------------
+
+
+def full_recompute_generate(model, prompts, n_tokens, temperature, top_p, seed):
+    """The generation loop evaluate.py had before the KV cache: [STYLE] + the last C-1
+    tokens recomputed at every step, the rows of a batch drawn together."""
+    C, rng = model.cfg.context, np.random.default_rng(seed)
+    batch = [list(map(int, p)) for p in prompts]
+    gen = [[] for _ in batch]
+    for _ in range(n_tokens):
+        rows = [[p[0]] + (p[1:] + g)[-(C - 1) :] for p, g in zip(batch, gen, strict=True)]
+        logits = []
+        with torch.no_grad():
+            for row in rows:
+                logits.append(model(torch.tensor([row]))[0][0, -1])
+        logp = torch.log_softmax(torch.stack(logits).float(), dim=-1).numpy()
+        picks = mu.sample_top_p(mu._tempered(logp, temperature), top_p, rng)
+        for g, t in zip(gen, picks, strict=True):
+            g.append(int(t))
+    return gen
+
+
+def test_cached_window_matches_full_recompute_logits():
+    context = 16
+    model = tiny_gpt(context=context, seed=3)
+    prompt = np.array(melody(SCALE_C[:3], style=2))  # 10 tokens: the window fills, then rolls
+    assert len(prompt) < context
+    w = mu.Window(model, prompt)
+    rng = np.random.default_rng(0)
+    fed = list(map(int, prompt))
+    rolls = 0
+    for _ in range(40):
+        with torch.no_grad():
+            want = model(torch.tensor([w.tokens]))[0][0, -1]
+        torch.testing.assert_close(w.logits, want, rtol=1e-4, atol=1e-5)
+        if len(fed) <= context:  # before the first roll: the old policy's window exactly
+            assert w.tokens == [fed[0]] + fed[1:][-(context - 1) :]
+        tok = int(rng.integers(tk.TIME_SHIFT_BASE, tk.VOCAB_SIZE))
+        full = len(w.tokens) == context
+        w.push(tok)
+        fed.append(tok)
+        if full:  # rolled: STYLE, the last C/2 tokens, the new one
+            rolls += 1
+            assert w.tokens == [fed[0]] + fed[-(context // 2) - 1 :]
+        assert len(w.tokens) <= context and w.tokens[0] == fed[0]
+    assert rolls >= 3
+    long = np.array(melody(SCALE_C * 2, style=2))  # longer than the window: cropped
+    w = mu.Window(model, long)
+    assert w.tokens == [int(long[0])] + long[1:].tolist()[-(context - 1) :]
+    with torch.no_grad():
+        want = model(torch.tensor([w.tokens]))[0][0, -1]
+    torch.testing.assert_close(w.logits, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cached_generation_draws_what_full_recompute_drew():
+    model = tiny_gpt(context=48, seed=1)
+    prompts = [np.array(melody(SCALE_C[:4], style=0)), np.array(melody(SCALE_C[3:], style=2))]
+    n = 48 - max(map(len, prompts))  # everything fits the context: no roll
+    got = mu.generate_model(model, prompts, n, temperature=1.0, top_p=0.9, seed=7)
+    want = full_recompute_generate(model, prompts, n, 1.0, 0.9, seed=7)
+    assert [g.tolist() for g in got] == want
+    assert all(len(g) == n for g in got)
+    long = mu.generate_model(model, prompts, 3 * n, seed=2, batch_size=1)  # rolls on the way
+    assert [len(g) for g in long] == [3 * n, 3 * n]
+    assert not any(int(t) in mu.BANNED for g in long for t in g)
 
 
 def test_gate():

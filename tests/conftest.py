@@ -114,3 +114,16 @@ def tiny_model_dir(tmp_path_factory):
     save_model(gpt, out, default_styles())
     export_model(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors run fastest on one thread (and the box is shared); ``train.main`` sets
+    threads too, so the count is restored afterwards. Use: ``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

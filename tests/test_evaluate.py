@@ -13,6 +13,7 @@ from improv.dataset import write_split
 from improv.model import GPT, ModelConfig, save_model
 
 SCALE_C = [60, 62, 64, 65, 67, 69, 71, 72]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def melody(pitches, dur=12, style=0) -> list[int]:

@@ -8,62 +8,22 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import random_piece, tiny_flags, write_corpus
 
-from improv import dataset, export, train
+from improv import export, train
 from improv import tokens as tk
 from improv.model import load_model
 
 # Context 320 so that a 300-token decode fits without re-encoding.
-TINY_FLAGS = [
-    "--d-model",
-    "32",
-    "--n-layer",
-    "2",
-    "--n-head",
-    "2",
-    "--d-ff",
-    "64",
-    "--context",
-    "320",
-    "--batch",
-    "4",
-    "--threads",
-    "1",
-    "--no-progress",
-]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread; train.main sets threads, so restore them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_piece(rng: random.Random, style: int, n_notes: int) -> list[int]:
-    t, events = 0, []
-    for _ in range(n_notes):
-        p, d = rng.randint(48, 84), rng.choice([6, 12, 24])
-        events += [tk.Event(t, p, rng.randint(40, 110)), tk.Event(t + d, p, 0)]
-        t += rng.choice([6, 12, 24])
-    return tk.encode_events(events, style=style)
+TINY_FLAGS = tiny_flags(context=320)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny model trained for a few steps (so no weight is at its initial value), exported."""
     root = tmp_path_factory.mktemp("export")
-    rng = random.Random(0)
-    dataset.write_split(
-        root / "corpus",
-        "train",
-        [(f"p{i}", i % 5, random_piece(rng, i % 5, 200)) for i in range(10)],
-    )
-    dataset.write_split(
-        root / "corpus", "val", [(f"v{i}", i % 5, random_piece(rng, i % 5, 200)) for i in range(3)]
-    )
+    write_corpus(root / "corpus", n_train=10, n_val=3, n_notes=200)
     rc = train.main(
         [
             "--data",

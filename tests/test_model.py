@@ -9,61 +9,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_flags, write_corpus
 from safetensors.torch import load_file
 
-from improv import dataset, train
 from improv import tokens as tk
+from improv import train
 from improv.model import GPT, ModelConfig, ModelError, load_model, save_model
 
-TINY = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, context=64)
-TINY_FLAGS = [
-    "--d-model",
-    "32",
-    "--n-layer",
-    "2",
-    "--n-head",
-    "2",
-    "--d-ff",
-    "64",
-    "--context",
-    "64",
-    "--batch",
-    "4",
-    "--threads",
-    "1",
-    "--no-progress",
-]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread; train.main sets threads, so restore them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_piece(rng: random.Random, style: int, n_notes: int) -> list[int]:
-    t, events = 0, []
-    for _ in range(n_notes):
-        p, d = rng.randint(48, 84), rng.choice([6, 12, 24])
-        events += [tk.Event(t, p, rng.randint(40, 110)), tk.Event(t + d, p, 0)]
-        t += rng.choice([6, 12, 24])
-    return tk.encode_events(events, style=style)
+TINY = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, context=64)  # what TINY_FLAGS train
+TINY_FLAGS = tiny_flags(TINY.context)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    dataset.write_split(
-        out, "train", [(f"p{i}", i % 5, random_piece(rng, i % 5, 80)) for i in range(20)]
-    )
-    dataset.write_split(
-        out, "val", [(f"v{i}", i % 5, random_piece(rng, i % 5, 80)) for i in range(5)]
-    )
-    return out
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_train=20, n_val=5, n_notes=80)
 
 
 def tiny_model(seed: int = 0) -> GPT:

@@ -117,7 +117,7 @@ class Constraints:
     lose ``scale_bias`` logits.
     """
 
-    temperature: float = 1.0  # <= 0: greedy
+    temperature: float = 1.0  # below GREEDY_BELOW (1e-3): greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     repetition_penalty: float = 1.0  # 1 = off; CTRL-style, over the machine's recent NOTE_ONs
@@ -173,6 +173,9 @@ _TS = slice(tk.TIME_SHIFT_BASE, tk.NOTE_ON_BASE)
 _VEL = slice(tk.VELOCITY_BASE, tk.VOCAB_SIZE)
 _PITCHES = np.arange(tk.LOWEST_PITCH, tk.HIGHEST_PITCH + 1)
 _POSINF = 1e4  # what a +inf logit becomes: dominant but still finite
+# Below this temperature sampling is greedy: the softmax is one-hot to within exp(-1000 * gap)
+# already, and dividing by a smaller one overflows.
+GREEDY_BELOW = 1e-3
 
 
 class Sampler:
@@ -425,7 +428,7 @@ class Sampler:
         top = z.max()
         if not np.isfinite(top):
             return self._fallback(idx)
-        if c.temperature <= 0:
+        if c.temperature < GREEDY_BELOW:
             return int(idx[int(np.argmax(z))])
         z = (z - top) / c.temperature
         if 0 < c.top_k < z.shape[0]:

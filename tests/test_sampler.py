@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -194,15 +196,21 @@ def test_seeded_reproducibility():
 
 def test_greedy_and_top_k_one_pick_the_best_allowed_token():
     rng = np.random.default_rng(0)
-    for c in (Constraints(temperature=0.0), Constraints(top_k=1), Constraints(top_p=1e-6)):
+    tiny = (1e-300, 5e-4)  # greedy too, without overflowing on the way
+    for c in (
+        Constraints(temperature=0.0), Constraints(top_k=1), Constraints(top_p=1e-6),
+        *(Constraints(temperature=t) for t in tiny),
+    ):
         s = Sampler(c, seed=0)
         s.observe_all([tk.style_token(0), tk.BAR, tk.velocity_token(5)])
         s.observe(tk.note_on_token(60))
         for _ in range(50):
-            x = rng.normal(size=V)
+            x = rng.normal(size=V) * 1e3
             allowed = s.allowed()
             best = int(np.flatnonzero(allowed)[np.argmax(x[allowed])])
-            assert s.sample(x) == best
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert s.sample(x) == best
             s.observe(best)
 
 

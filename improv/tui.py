@@ -214,7 +214,7 @@ class ImprovApp(App):
         self.send(Learn(None))  # harmless when not learning; never races a snapshot
 
     def action_ports(self) -> None:
-        self.push_screen(PortsScreen(self.snapshot.ports, self.list_ports))
+        self.push_screen(PortsScreen(self.snapshot.ports, self.list_ports, self.send))
 
     def action_panic(self) -> None:
         self.send(Panic())
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from improv.tui_demo import DemoSession
 
     session = DemoSession()
-    ImprovApp(session, session.names, list_ports=lambda: (["demo keyboard"], ["demo synth"])).run()
+    ImprovApp(session, session.names, list_ports=session.list_ports).run()
     return 0
 
 

@@ -1,7 +1,7 @@
 """A simulated session for trying the stage UI without MIDI or a model (``improv.tui --demo``).
 
 It plays a fixed two-bar call and a two-bar machine answer in a loop, applies the knob, preset,
-mode, key and learn intents the way the real session promises to (learn "hears" a CC after a
+mode, key, port and learn intents the way the real session promises to (learn "hears" a CC after a
 second), and makes up plausible latency figures. Time comes from an injectable clock, so a frozen
 clock gives the same snapshot every time.
 """
@@ -22,6 +22,7 @@ from improv.session_api import (
     NudgeKnob,
     Panic,
     PortView,
+    SelectPort,
     SelectPreset,
     SetKey,
     SetKnob,
@@ -38,6 +39,10 @@ SCALE = (0, 2, 4, 5, 7, 9, 11)
 
 def _degree(step: int) -> int:
     return 60 + 12 * (step // 7) + SCALE[step % 7]
+
+
+# what the demo's "backend" lists: (inputs, outputs); improv out is the demo's own virtual port
+DEMO_PORTS = (["demo keyboard", "demo pads", "demo drums"], ["demo synth", "demo piano"])
 
 
 class DemoSession:
@@ -96,6 +101,8 @@ class DemoSession:
         elif isinstance(intent, Learn):
             self.snap = replace(s, learning=intent.knob)
             self._learn_at = self.clock() + 1.0 if intent.knob else None
+        elif isinstance(intent, SelectPort):
+            self._select_port(intent.role, intent.name)
         elif isinstance(intent, Panic):
             self._log.append("panic: all notes off on every channel")
         elif isinstance(intent, Stop):
@@ -105,7 +112,20 @@ class DemoSession:
         out, self._log = self._log, []
         return out
 
+    def list_ports(self) -> tuple[list[str], list[str]]:
+        """What the ports screen scans (the app's ``list_ports``)."""
+        return list(DEMO_PORTS[0]), list(DEMO_PORTS[1])
+
     # --- the simulation ------------------------------------------------------------------
+
+    def _select_port(self, role: str, name: str) -> None:
+        if name not in DEMO_PORTS[0 if role == "in" else 1]:  # as the real one: the old port stays
+            self._log.append(f"could not open the {role}put port {name!r}: no such port")
+            return
+        view = PortView(role, name, True, False)
+        self.snap = replace(self.snap, ports=tuple(
+            view if p.role == role else p for p in self.snap.ports))
+        self._log.append(f"{role}put port: {name}")
 
     def _set(self, name: str, value: float) -> None:
         lo, hi, _ = KNOBS[name]

@@ -1,4 +1,4 @@
-"""The stage UI's panels: status, ports, knobs, presets, latency, key bar and the ports screen.
+"""The stage UI's panels: status, ports, knobs, presets, latency, key bar and the port picker.
 
 Every panel renders from a ``Snapshot`` bound to the app's ``snapshot`` reactive and never calls
 the session; the app (``improv.tui``) owns the keys and sends intents. Colours live in
@@ -17,9 +17,10 @@ from textual.geometry import Size
 from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widget import Widget
-from textual.widgets import Static
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
 
-from improv.session_api import KNOBS, Latency, PortView, Snapshot, State
+from improv.session_api import KNOBS, Intent, Latency, PortView, SelectPort, Snapshot, State
 
 # knob name -> label on screen (the same words as in the key bar)
 KNOB_LABELS = {
@@ -286,47 +287,122 @@ class KeyBar(Widget):
 
 
 class PortsScreen(ModalScreen[None]):
-    """The MIDI ports mido can see, and which ones the session uses (read-only for now)."""
+    """Pick the MIDI input and output: two lists of the ports mido can see, the ones in use marked.
+
+    Enter sends ``SelectPort(role, name)`` through ``send`` and closes the screen; the session
+    reopens the port off its own thread, the ports bar shows the outcome and the log any failure.
+    The marks follow the app's snapshot while the screen is open (a port unplugged, say).
+    """
 
     BINDINGS = [Binding("escape,o,q", "dismiss", "close")]
+    COMPONENT_CLASSES = {"ports--on", "ports--off", "ports--dim"}
+    ROLES = (("in", "inputs"), ("out", "outputs"))
+    HINT = "↑↓ move · tab inputs/outputs · enter use port · esc close"
 
     def __init__(self, ports: tuple[PortView, ...],
-                 list_ports: Callable[[], tuple[list[str], list[str]]]):
+                 list_ports: Callable[[], tuple[list[str], list[str]]],
+                 send: Callable[[Intent], None]):
         super().__init__()
         self.ports = ports
         self.list_ports = list_ports
+        self.send = send
+        self.found: dict[str, list[str]] | None = None  # role -> names, once the scan is back
+        # role -> the name behind each option (None: shown, not pickable)
+        self.choices: dict[str, list[str | None]] = {}
 
     def compose(self) -> ComposeResult:
         with Vertical(id="ports-box"):
-            yield Static("looking for MIDI ports…", id="ports-list")
-            yield Static("esc close · ports are chosen when improv jam starts", id="ports-hint")
+            yield Static("looking for MIDI ports…", id="ports-status")
+            for role, _ in self.ROLES:
+                yield OptionList(id=f"ports-{role}")
+            yield Static(self.HINT, id="ports-hint")
 
     def on_mount(self) -> None:
         self.query_one("#ports-box").border_title = "MIDI ports"
+        for role, title in self.ROLES:
+            self.query_one(f"#ports-{role}").border_title = title
+        self.query_one("#ports-in").focus()
+        self.watch(self.app, "snapshot", self._follow, init=False)
         # the backend may be slow to enumerate (or hang on a broken driver): never on the UI thread
         self.run_worker(self._scan, thread=True, exclusive=True)
 
     def _scan(self) -> None:
         try:
             inputs, outputs = self.list_ports()
-            text = self._describe(inputs, outputs)
+            found, error = {"in": list(inputs or []), "out": list(outputs or [])}, None
         except Exception as e:  # a missing backend is a message, not a crash
-            text = Text(f"cannot list MIDI ports: {e}")
-        self.app.call_from_thread(self.query_one("#ports-list", Static).update, text)
+            found, error = None, f"cannot list MIDI ports: {e}"
+        try:
+            self.app.call_from_thread(self._show, found, error)
+        except RuntimeError:  # the app closed while we were scanning
+            pass
 
-    def _describe(self, inputs: list[str], outputs: list[str]) -> Text:
-        used = {(p.role, p.name): p for p in self.ports}
-        out = Text()
-        for role, title, names in (("in", "inputs", inputs), ("out", "outputs", outputs)):
-            out.append(f"{title}\n", "bold")
-            for name in names or []:
-                p = used.get((role, name))
-                mark = ("● " if p.connected else "○ ") if p else "  "
-                out.append(f" {mark}{name}{'  (in use)' if p else ''}\n")
+    def _show(self, found: dict[str, list[str]] | None, error: str | None) -> None:
+        if not self.is_attached:  # closed before the scan came back
+            return
+        status = self.query_one("#ports-status", Static)
+        if error is not None:
+            status.update(Text(error))
+            return
+        status.display = False
+        self.found = found
+        self._fill(first=True)
+
+    def _follow(self, snapshot: Snapshot) -> None:
+        if snapshot.ports != self.ports:
+            self.ports = snapshot.ports
+            if self.found is not None:
+                self._fill(first=False)
+
+    def _fill(self, first: bool) -> None:
+        """(Re)build both lists from the scan and the ports in use, keeping the cursor."""
+        assert self.found is not None
+        used = {p.role: p for p in self.ports}
+        for role, _ in self.ROLES:
+            names = self.found[role]
+            p = used.get(role)
+            choices: list[str | None] = list(names)
+            options = [Option(self._label(name, p if p and p.name == name else None))
+                       for name in names]
+            if p is not None and p.name and p.name not in names:
+                # a virtual port of our own, or one the backend no longer lists: shown, not picked
+                choices.insert(0, None)
+                options.insert(0, Option(self._label(p.name, p), disabled=True))
             if not names:
-                out.append("  none found\n", "dim")
-        out.rstrip()
-        return out
+                choices.append(None)
+                options.append(Option(Text("  none found"), disabled=True))
+            view = self.query_one(f"#ports-{role}", OptionList)
+            keep = view.highlighted
+            self.choices[role] = choices
+            view.set_options(options)
+            if first or keep is None:  # start on the port in use, else the first pickable one
+                current = p.name if p else None
+                pickable = [i for i, n in enumerate(choices) if n is not None]
+                keep = next((i for i in pickable if choices[i] == current),
+                            pickable[0] if pickable else None)
+            view.highlighted = keep if keep is not None and keep < len(choices) else None
+
+    def _label(self, name: str, p: PortView | None) -> Text:
+        if p is None:
+            return Text(f"  {name}")
+        on, off, dim = (self.get_component_rich_style(f"ports--{c}", partial=True)
+                        for c in ("on", "off", "dim"))
+        label = Text()
+        label.append("● " if p.connected else "○ ", on if p.connected else off)
+        label.append(name)
+        label.append(" (virtual)" if p.virtual else "", dim)
+        label.append("  in use" if p.connected else "  in use, unplugged", dim)
+        return label
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        role = (event.option_list.id or "").removeprefix("ports-")
+        choices = self.choices.get(role, [])
+        name = choices[event.option_index] if event.option_index < len(choices) else None
+        if name is None:
+            return
+        self.send(SelectPort(role, name))
+        self.dismiss()
 
 
 def mido_ports() -> tuple[list[str], list[str]]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import threading
 from dataclasses import replace
 
 import pytest
 from rich.text import Text
+from textual.widgets import OptionList
 
 from improv.presets import PresetLibrary
 from improv.session_api import (
@@ -23,6 +25,7 @@ from improv.session_api import (
     NudgeKnob,
     Panic,
     PortView,
+    SelectPort,
     SelectPreset,
     SetKey,
     SetMode,
@@ -215,18 +218,91 @@ async def test_quit_sends_stop_then_exits():
     assert app.return_code == 0
 
 
+def options(screen, role: str) -> list[str]:
+    view = screen.query_one(f"#ports-{role}", OptionList)
+    return [Text.from_markup(o.prompt).plain if isinstance(o.prompt, str) else o.prompt.plain
+            for o in view.options]
+
+
+def port_lists(seen_threads: list | None = None):
+    def list_ports():
+        if seen_threads is not None:
+            seen_threads.append(threading.current_thread())
+        return ["Keystation 49 MkII", "Through"], ["Synth A", "Through"]
+
+    return list_ports
+
+
 @sync
-async def test_ports_screen_lists_ports_and_closes():
+async def test_ports_screen_enter_selects_the_highlighted_output():
+    threads: list = []
+    app = ImprovApp(FakeSession(), list_ports=port_lists(threads))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("o")
+        screen = app.screen
+        assert isinstance(screen, PortsScreen)
+        await until(pilot, lambda: "Synth A" in on_screen(app))
+        assert threads and threads[0] is not threading.main_thread(), "scanned off the UI thread"
+        ins, outs = options(screen, "in"), options(screen, "out")
+        assert ins == ["● Keystation 49 MkII  in use", "  Through"]
+        # our own virtual output is not in the backend's list: shown and marked, not pickable
+        assert outs == ["● improv out (virtual)  in use", "  Synth A", "  Through"]
+        assert screen.query_one("#ports-out", OptionList).get_option_at_index(0).disabled
+        screen_text = on_screen(app)  # both lists and the hint fit at 80x24
+        assert all(w in screen_text for w in ("inputs", "outputs", "Through", "enter use port"))
+        await pilot.press("tab", "down", "enter")
+        assert app.session.sent == [SelectPort("out", "Through")]
+        await pilot.pause()
+        assert not isinstance(app.screen, PortsScreen)
+
+
+@sync
+async def test_ports_screen_starts_on_the_port_in_use_and_picks_an_input():
+    app = ImprovApp(FakeSession(), list_ports=lambda: (["Other", "Keystation 49 MkII"], ["X"]))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("o")
+        await until(pilot, lambda: "Other" in on_screen(app))
+        assert app.screen.query_one("#ports-in", OptionList).highlighted == 1
+        await pilot.press("up", "enter")
+        assert app.session.sent == [SelectPort("in", "Other")]
+
+
+@sync
+async def test_ports_screen_escape_closes_without_sending():
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("o")
-        assert isinstance(app.screen, PortsScreen)
-        await until(pilot, lambda: "Synth A" in shown(app.screen.query_one("#ports-list")))
-        text = shown(app.screen.query_one("#ports-list"))
-        assert "● Keystation 49 MkII  (in use)" in text
-        await pilot.press("escape")
+        await until(pilot, lambda: "Synth A" in on_screen(app))
+        await pilot.press("tab", "down", "escape")
         assert not isinstance(app.screen, PortsScreen)
-        assert app.session.sent == [], "the port picker is read-only"
+        assert app.session.sent == []
+        await pilot.press("T")  # the main screen has its keys back
+        assert app.session.sent == [NudgeKnob("temperature", 1)]
+
+
+@sync
+async def test_ports_screen_marks_follow_the_snapshot_and_scan_errors_are_shown():
+    app = make_app()
+    fake = app.session
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("o")
+        await until(pilot, lambda: "Synth A" in on_screen(app))
+        fake.snap = replace(fake.snap, ports=(PortView("in", "Keystation 49 MkII", False),
+                                              PortView("out", "Synth A", True)))
+        await until(pilot, lambda: "in use, unplugged" in on_screen(app))
+        assert options(app.screen, "in")[0] == "○ Keystation 49 MkII  in use, unplugged"
+        assert options(app.screen, "out") == ["● Synth A  in use", "  Through"]
+        await pilot.press("escape")
+
+    def broken():
+        raise OSError("no MIDI backend")
+
+    app = ImprovApp(FakeSession(), list_ports=broken)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("o")
+        await until(pilot, lambda: "cannot list MIDI ports: no MIDI backend" in on_screen(app))
+        await pilot.press("enter", "escape")
+        assert app.session.sent == [] and not isinstance(app.screen, PortsScreen)
 
 
 @sync
@@ -302,6 +378,21 @@ def test_demo_session_applies_intents_and_is_deterministic_on_a_frozen_clock():
     clock[0] += 60 / later.bpm * 8  # 8 beats on: into the answer of the first call
     assert demo.snapshot().state == State.RESPONDING
     assert any(n.who == "machine" for n in demo.snapshot().notes)
+
+
+def test_demo_session_picks_ports_from_its_own_list():
+    from improv.tui_demo import DemoSession
+
+    demo = DemoSession(clock=lambda: 0.0)
+    inputs, outputs = demo.list_ports()
+    demo.drain_log()
+    demo.send(SelectPort("out", outputs[-1]))
+    demo.send(SelectPort("in", "no such keyboard"))
+    ports = {p.role: p for p in demo.snapshot().ports}
+    assert ports["out"] == PortView("out", outputs[-1], True, False)
+    assert ports["in"].name != "no such keyboard"
+    log = demo.drain_log()
+    assert f"output port: {outputs[-1]}" in log and any("no such keyboard" in x for x in log)
 
 
 # --- the piano roll ------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def test_seeded_reproducibility():
 
 def test_greedy_and_top_k_one_pick_the_best_allowed_token():
     rng = np.random.default_rng(0)
-    tiny = (1e-300, 5e-4)  # greedy too, without overflowing on the way
+    tiny = (1e-310, 5e-4)  # greedy too, without overflowing on the way
     for c in (
         Constraints(temperature=0.0), Constraints(top_k=1), Constraints(top_p=1e-6),
         *(Constraints(temperature=t) for t in tiny),

@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if value is not None:
             args.overrides.append(f"{name}={int(value) if name == 'response_bars' else value}")
     from improv.ports import PortError, PortWatcher
+    from improv.recording import RecordingError
 
     rig = None
     stop = threading.Event()
@@ -305,7 +306,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             sender = ClockSender(rig.clock, out.send).open()
             sender.start()  # a slave's beat 1 lands on our next bar line
             rig.closers.append(sender)
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        app = None
+
+        def on_signal(*_) -> None:  # SIGTERM, or SIGHUP when an SSH link drops mid-set
+            stop.set()
+            if app is not None:
+                app.exit()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, on_signal)
         rig.session.start()
         if args.no_tui:
             run_headless(rig, args.seconds, stop)
@@ -318,7 +328,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             app.run()
     except KeyboardInterrupt:
         pass
-    except (JamError, PortError, PresetError, ValueError) as e:
+    except (JamError, PortError, PresetError, RecordingError, ValueError) as e:
         print(f"improv jam: {e}", file=sys.stderr)
         return 2
     finally:

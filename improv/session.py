@@ -253,10 +253,11 @@ class Session(PlayerControls):
                 self._barge_in(tick)
             # overlap: the response goes on; the player's note joins the context as it comes
         if velocity > 0:
-            if self.state in (State.IDLE, State.LISTENING) and not self._keys_down:
-                if self._call_start is None:
-                    self._call_start = tick
+            if self._call_start is None:  # a new call (in overlap mode: under the answer)
+                self._call_start = tick
+                if self._response is None:
                     self._apply_pending_preset()
+            if self._response is None:
                 self._set_state(State.LISTENING)
             self._keys_down.add(pitch)
             toks = self.encoder.note_on(tick, pitch, velocity)
@@ -301,6 +302,7 @@ class Session(PlayerControls):
 
     def _end_call(self, why: str) -> None:
         """Hand over: TURN, place the response on the grid, start generating."""
+        self._apply_pending_preset()  # a phrase boundary: a preset waiting for one applies now
         now_tick = self._now()
         lead = self.options.min_lead_ms / 1000.0 / self.clock.seconds_per_tick
         line = self.clock.next_bar if self.preset.response_start == "bar" else self.clock.next_beat
@@ -393,8 +395,10 @@ class Session(PlayerControls):
         toks += self.encoder.turn()
         self._feed(toks, human=False)
         self._response = None
-        self._set_state(State.LISTENING if self._keys_down else State.IDLE)
-        self._apply_pending_preset()
+        # A call played under the answer (overlap mode) is heard out like any other.
+        self._set_state(State.LISTENING if self._call_start is not None else State.IDLE)
+        if self._call_start is None:
+            self._apply_pending_preset()
 
     def _barge_in(self, tick: int) -> None:
         """The player came in: stop the answer and rewind the context to what was heard."""

@@ -298,3 +298,21 @@ def test_picking_another_port_reopens_it_off_the_session_thread(tiny_model_dir, 
     while not any("could not open" in x for x in s._log) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [p.name for p in s.ports] == ["keys", "synth B"]
+
+
+def test_overlap_mode_plays_on_and_answers_the_call_played_under_it(tiny_model_dir, library):
+    s, sim, clock, sched = make_session(tiny_model_dir, library, mode="overlap",
+                                        humanize_ms=0.0, response_bars=2, silence_beats=1.0)
+    beat = 60.0 / clock.bpm
+    script = call_script(clock.bpm, stop_at=40.0)
+    # a second phrase while the first answer plays (it starts a bar or two after the call)
+    for i, p in enumerate((72, 74, 76)):  # all inside the first answer (bars 2-3)
+        t = 5 * beat + i * beat / 2
+        script.events.append((t, mido.Message("note_on", note=p, velocity=70)))
+        script.events.append((t + beat / 4, mido.Message("note_off", note=p)))
+    run(s, sim, sched, script, check=no_stuck)
+    log = s.drain_log()
+    assert not any("barge-in" in line for line in log)
+    assert len(s.responses) >= 2, log
+    ctx_names = [tk.token_name(t) for t in s.engine.context_tokens]
+    assert "NOTE_ON_74" in ctx_names

@@ -53,33 +53,50 @@ def jack_running() -> bool:
 
 
 @contextlib.contextmanager
-def jack_server():
-    """The running JACK server, or `jackd -d dummy -r 48000 -p 64` for as long as needed."""
+def jack_server(shared: bool = False):
+    """A JACK server for the run: a private `jackd -d dummy` of our own, or the running one.
+
+    The private server has a name of its own (``JACK_DEFAULT_SERVER``, which this
+    process, its clients and the jam inherit), so nobody else's server coming and going
+    can cut a run short, and runs on two machines compare. ``shared``: use the running
+    default server (a real sound card's), starting a dummy one only when there is none.
+    """
     os.environ["JACK_NO_START_SERVER"] = "1"  # no client may autostart one behind our back
-    if jack_running():
-        yield "running"
-        return
-    jackd = shutil.which("jackd")
-    if jackd is None:
-        raise LiveError("no JACK server and no jackd to start one (apt install jackd2)")
-    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: jackd must never block on it
-    proc = subprocess.Popen([jackd, "-d", "dummy", "-r", "48000", "-p", "64"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10.0
+    old = os.environ.pop("JACK_DEFAULT_SERVER", None)
+    name = None if shared else f"improv-bench-{os.getpid()}"
+    if name:
+        os.environ["JACK_DEFAULT_SERVER"] = name
+    elif old:
+        os.environ["JACK_DEFAULT_SERVER"] = old
     try:
-        while not jack_running():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise LiveError(f"jackd did not start: {log.read().strip()[-200:]}")
-            time.sleep(0.1)
-        yield "jackd -d dummy -r 48000 -p 64 (started by bench)"
+        if shared and jack_running():
+            yield "the running JACK server"
+            return
+        jackd = shutil.which("jackd")
+        if jackd is None:
+            raise LiveError("no JACK server and no jackd to start one (apt install jackd2)")
+        cmd = [jackd, *(["-n", name] if name else []), "-d", "dummy", "-r", "48000", "-p", "64"]
+        with tempfile.TemporaryFile("w+") as log:  # a file: jackd must never block on a pipe
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 10.0
+                while not jack_running():
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        raise LiveError(f"jackd did not start: {log.read().strip()[-200:]}")
+                    time.sleep(0.1)
+                yield " ".join(["jackd", *cmd[1:]])
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        os.environ.pop("JACK_DEFAULT_SERVER", None)
+        if old is not None:
+            os.environ["JACK_DEFAULT_SERVER"] = old
 
 
 def _wait(pred, timeout: float, what: str, step: float = 0.01):
@@ -273,9 +290,14 @@ def jam_e2e(model_dir: Path, calls: int, bpm: float = 120.0, log=print) -> dict:
         res["memory_after_start"] = _rss_mb(proc.pid)
         _wait(lambda: any(m.type == "start" for _, m in rec.copy()), 10.0, "MIDI clock start")
         for i in range(calls):
-            res["calls"].append(_one_call(rec, out, beat_s, silence_beats * beat_s, lead_s))
-            log(f"  call {i + 1}: first note {res['calls'][-1]['lateness_ms']:+.2f} ms "
-                f"against its beat")
+            try:
+                res["calls"].append(_one_call(rec, out, beat_s, silence_beats * beat_s, lead_s))
+            except LiveError as e:
+                tail = " / ".join(x for _, x in lines[-4:])
+                raise LiveError(f"call {i + 1}: {e}; the jam said: {tail}") from None
+            c = res["calls"][-1]
+            log(f"  call {i + 1}: first note {c['lateness_ms']:+.2f} ms against its beat "
+                f"({c['pulses_missing']} clock pulses lost)")
         res["memory_after_calls"] = _rss_mb(proc.pid)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
@@ -291,6 +313,22 @@ def jam_e2e(model_dir: Path, calls: int, bpm: float = 120.0, log=print) -> dict:
     res["exit_code"] = proc.returncode
     res["log_tail"] = [x for _, x in lines if x.startswith("latency:")][-1:]
     return res
+
+
+def planned_beat(beats: list[float], earliest: float, t_note: float) -> float:
+    """The beat the answer was planned on: the first at or after ``earliest``.
+
+    ``earliest`` is the session's decision (last note-off + silence) plus its minimum
+    lead. Our stamp of the decision is a JACK period or two early, so when a beat falls
+    within a few ms of ``earliest`` it may be the planned one or the next: the one nearer
+    the note is taken.
+    """
+    cands = [b for b in beats if b >= earliest - 0.005]
+    if not cands:
+        raise LiveError("no clock pulse after the call's end")
+    if len(cands) > 1 and cands[0] < earliest + 0.010:
+        return min(cands[:2], key=lambda b: abs(b - t_note))
+    return cands[0]
 
 
 def _one_call(rec: Recorder, out, beat_s: float, silence_s: float, lead_s: float) -> dict:
@@ -312,17 +350,15 @@ def _one_call(rec: Recorder, out, beat_s: float, silence_s: float, lead_s: float
         time.sleep(0.05)
     msgs = rec.copy()
     start_i = next(i for i, (_, m) in enumerate(msgs) if m.type == "start")
-    beats = [t for t, m in msgs[start_i:] if m.type == "clock"][::24]  # 24 pulses a beat
-    # The session decides at (last note-off + silence) and plans the next beat at least
-    # lead_s later. Our stamp of that moment is a period or two early, so a beat that
-    # falls within 10 ms of it may be the planned one or the next: take the one nearer.
+    pulses = [t for t, m in msgs[start_i:] if m.type == "clock"]
+    # 24 pulses a beat from Start. Index pulses by time, not by count, so that a pulse
+    # lost on the way cannot shift the grid by a tick (the jam's tempo is fixed).
+    tick_s = beat_s / 24
+    index = [round((t - pulses[0]) / tick_s) for t in pulses]
+    beats = [t for t, i in zip(pulses, index, strict=True) if i % 24 == 0]
     decided = t_off + silence_s
-    cands = [b for b in beats if b >= decided + lead_s - 0.005]
-    if not cands:
-        raise LiveError("no clock pulse after the call's end")
-    planned = cands[0]
-    if len(cands) > 1 and cands[0] < decided + lead_s + 0.010:
-        planned = min(cands[:2], key=lambda b: abs(b - t_note))
+    planned = planned_beat(beats, decided + lead_s, t_note)
     return {"lateness_ms": (t_note - planned) * 1e3,
             "call_end_to_first_note_ms": (t_note - decided) * 1e3,
-            "planned_after_call_end_ms": (planned - decided) * 1e3, "call_s": t_off - t_first_on}
+            "planned_after_call_end_ms": (planned - decided) * 1e3, "call_s": t_off - t_first_on,
+            "pulses_missing": index[-1] + 1 - len(pulses)}

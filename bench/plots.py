@@ -43,7 +43,8 @@ def histograms(plt, samples: dict[str, np.ndarray], path: Path) -> bool:
         ax.axvline(p99, color="#cc3311", lw=1, ls="--")
         ax.set_title(f"{name}: median {med:.3f}, p99 {p99:.3f} ms (n={x.size})", fontsize=9)
         ax.set_xlabel("ms (clipped at p99.9)", fontsize=8)
-        ax.set_yscale("log")
+        if x.size >= 200:  # a long tail shows on a log scale; a few samples read better linear
+            ax.set_yscale("log")
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
     fig.tight_layout()

@@ -30,7 +30,7 @@ from improv.benchmark import (
 class Suite:
     """One run: the options, the model, the result being filled, raw samples for the plots."""
 
-    def __init__(self, args: argparse.Namespace, model: Path, random_weights: bool):
+    def __init__(self, args: argparse.Namespace, model: Path):
         self.args, self.model, self.quick = args, model, args.quick
         self.samples: dict[str, np.ndarray] = {}
         self.res: dict = {"benchmarks": {}, "skipped": {}}
@@ -120,7 +120,7 @@ class Suite:
         return {**g, "source": source, "configs": {}}
 
     def ingest(self) -> dict:
-        r = load_bench("live").ingest(self.model, self.n(5.0, 24.0))
+        r = load_bench("live").ingest(self.model, self.n(4.0, 24.0))
         self.samples["note in -> tokens fed"] = r["ms"]
         return {"configs": {"note_in_to_fed": summarize(r["ms"])}, "calls": r["calls"],
                 "answers": r["answers"]}

@@ -356,9 +356,18 @@ def find_model(arg: str | None) -> tuple[Path, bool]:
     return cache, True
 
 
+def _shown_path(p: Path) -> str:
+    """Relative to the repository when inside it, as a README shows it."""
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog or "improv bench",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog=prog or "improv bench",
+        description="Run the latency benchmarks: a results table, plots and a peer comparison.")
     ap.add_argument("--quick", action="store_true", help="short runs (under a minute)")
     ap.add_argument("--model", help="model directory (default: shipped model, else random)")
     ap.add_argument("--out", default=str(BENCH_DIR / "results"), help="results folder")
@@ -368,9 +377,12 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--peer-venv", default="~/.cache/improv/bench/notochord-venv",
                     help="the peer's virtual environment (made when missing)")
     ap.add_argument("--sched-seconds", type=float, default=None,
-                    help="seconds of clock grid per condition (default 75, quick 5)")
+                    help="seconds of clock grid per condition (default 75, quick 4)")
     ap.add_argument("--calls", type=int, default=None, help="calls played into the jam "
                     "(default 6, quick 2)")
+    ap.add_argument("--jack", choices=("own", "running"), default="own",
+                    help="JACK server for the MIDI benchmarks: a private dummy one started "
+                    "for the run (default), or the running one (started if absent)")
     ap.add_argument("--no-plots", action="store_true", help="JSON and markdown only")
     return ap
 
@@ -385,7 +397,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"{prog or 'improv bench'}: unknown benchmark {', '.join(bad)}; choose from "
               f"{', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
-    args.sched_seconds = args.sched_seconds or (5.0 if args.quick else 75.0)
+    args.sched_seconds = args.sched_seconds or (4.0 if args.quick else 75.0)
     args.calls = args.calls or (2 if args.quick else 6)
     t0 = time.monotonic()
     sys.setswitchinterval(0.001)  # as `improv jam` runs: the live threads hand over the GIL
@@ -398,20 +410,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (BenchError, ValueError) as e:
         print(f"{prog or 'improv bench'}: {e}", file=sys.stderr)
         return 2
-    suite = load_bench("suite").Suite(args, model, random_weights)
+    suite = load_bench("suite").Suite(args, model)
     shown = "python bench/run.py" if prog in (None, "bench/run.py") else prog
     res = suite.res
     res.update(schema=SCHEMA, host=machine["host"],
                date=dt.datetime.now().isoformat(" ", "seconds"),
                command=" ".join([shown, *argv]), quick=args.quick,
-               machine=machine, model={"dir": str(model), "random_weights": random_weights,
+               machine=machine, model={"dir": _shown_path(model),
+                                       "random_weights": random_weights,
                                        **{k: cfg.get(k) for k in ("n_layer", "n_head", "d_model",
                                                                   "d_ff", "context")}})
     needs_jack = {"schedule", "jam"} & set(names)
     with contextlib.ExitStack() as stack:
         if needs_jack:
             try:
-                res["jack"] = stack.enter_context(load_bench("live").jack_server())
+                server = load_bench("live").jack_server(shared=args.jack == "running")
+                res["jack"] = stack.enter_context(server)
             except Exception as e:
                 res["skipped"].update({n: f"no JACK server: {e}" for n in needs_jack})
                 names = [n for n in names if n not in needs_jack]

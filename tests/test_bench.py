@@ -215,6 +215,19 @@ def test_synthetic_tokens_hold_the_notes_asked_for():
     assert len(mc.note_events(toks)) >= 50
 
 
+def test_planned_beat_is_the_first_after_the_lead_unless_too_close_to_call():
+    live = bm.load_bench("live")
+    beats = [10.0, 10.5, 11.0, 11.5]
+    assert live.planned_beat(beats, 10.2, t_note=10.5012) == 10.5
+    assert live.planned_beat(beats, 10.2, t_note=10.53) == 10.5  # late notes stay late
+    # The decision is stamped early: a beat 2 ms before it is a candidate, the nearer wins.
+    assert live.planned_beat(beats, 10.502, t_note=10.5003) == 10.5
+    assert live.planned_beat(beats, 10.502, t_note=11.0004) == 11.0
+    assert live.planned_beat(beats, 10.49, t_note=11.2) == 10.5  # clear of the line: first
+    with pytest.raises(live.LiveError):
+        live.planned_beat(beats, 12.0, t_note=12.1)
+
+
 # --- a small real run ---------------------------------------------------------------------------
 
 

@@ -62,9 +62,12 @@ class Suite:
                     dec.ort_fixed_fill(self.model, "cuda", 1, f, steps))
         except ModelError as e:
             skipped["ort_cuda"] = str(e)
-        import torch
-
-        torch.set_num_threads(1)
+        try:
+            import torch
+        except ImportError:
+            skipped["torch"] = "torch is not installed (pip install -e '.[train]')"
+            return {"configs": configs, "skipped": skipped}
+        torch.set_num_threads(1)  # the one core the ORT 1-thread rows get
         for f in fills:
             put(f"torch_cached/fill{round(f * 100)}",
                 dec.torch_cached(self.model, f, self.n(200, 1000)))

@@ -349,10 +349,18 @@ def find_model(arg: str | None) -> tuple[Path, bool]:
     shipped = sorted(p.parent for p in (ROOT / "models").glob("*/model.onnx"))
     if shipped:
         return shipped[0], False
+    from improv.engine import ModelError, read_model_dir
+
     cache = Path.home() / ".cache" / "improv" / "bench" / "random-model"
-    if not (cache / "model.onnx").is_file():
+    try:
+        read_model_dir(cache)
+    except ModelError:  # missing, or made by an older improv
         log(f"no shipped model: building a random-weight model of the default config in {cache}")
-        load_bench("decode").build_random_model(cache)
+        try:
+            load_bench("decode").build_random_model(cache)
+        except ImportError as e:
+            raise BenchError(f"no model to time: pass --model DIR, or install torch to build a "
+                             f"random one ({e})") from None
     return cache, True
 
 

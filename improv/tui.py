@@ -6,6 +6,9 @@ with ``session.drain_log()``, and turns key presses into ``Intent``s sent with t
 ``session.send``. Nothing here waits on the session, and nothing is shown that did not come from a
 snapshot (a knob moves on screen when the session says it moved).
 
+While the app runs it owns the terminal, so logging handlers that write to it are held (see
+``TerminalLogs``): a line printed there would land on top of the panels.
+
 Panels live in ``tui_widgets`` and ``tui_roll``; colours and layout in ``tui.tcss``.
 ``python -m improv.tui --demo`` runs the app over a simulated session (``tui_demo``).
 """
@@ -13,7 +16,9 @@ Panels live in ``tui_widgets`` and ``tui_roll``; colours and layout in ``tui.tcs
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from rich.text import Text
@@ -88,6 +93,62 @@ def _bindings() -> list[Binding]:
     return out
 
 
+class TerminalLogs(logging.Handler):
+    """Holds the logging handlers that write to the terminal while the app draws on it.
+
+    ``improv jam`` logs to stderr (``logging.basicConfig``), and such a handler keeps the real
+    stderr, out of reach of Textual's print capture: every session line landed wherever the
+    cursor was, over the knobs panel. While held, the session's own lines reach the log pane
+    through ``drain_log``; warnings and errors logged anywhere else come here (``drain``),
+    from any thread.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: deque[str] = deque(maxlen=100)
+        self.held: list[tuple[logging.Logger, logging.Handler]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(f"{record.levelname.lower()}: {record.getMessage()}")
+        except Exception:
+            self.handleError(record)
+
+    def drain(self) -> list[str]:
+        out = []
+        while self.lines:
+            out.append(self.lines.popleft())
+        return out
+
+    def hold(self) -> None:
+        root = logging.getLogger()
+        loggers = [root] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                            if isinstance(lg, logging.Logger)]
+        self.held = [(lg, h) for lg in loggers for h in lg.handlers if on_terminal(h)]
+        for lg, h in self.held:
+            lg.removeHandler(h)
+        root.addHandler(self)
+
+    def release(self) -> None:
+        logging.getLogger().removeHandler(self)
+        for lg, h in self.held:
+            lg.addHandler(h)
+        self.held = []
+
+
+def on_terminal(handler: logging.Handler) -> bool:
+    """Whether ``handler`` writes to the terminal (stderr, stdout or any tty), not to a file."""
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+        return False
+    stream = handler.stream
+    if stream is sys.__stderr__ or stream is sys.__stdout__:
+        return True
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # closed, or not a file at all
+        return False
+
+
 class LogPane(RichLog, can_focus=False):
     """Session log; not focusable so arrow keys always reach the knobs."""
 
@@ -117,6 +178,7 @@ class ImprovApp(App):
         self.preset_names: tuple[str, ...] = tuple(presets or ())
         self.list_ports = list_ports
         self.poll_hz = min(float(poll_hz), 30.0)  # never faster: the session publishes ~30 Hz
+        self.terminal_logs = TerminalLogs()
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -128,8 +190,16 @@ class ImprovApp(App):
                 yield StatusBar(id="status").data_bind(ImprovApp.snapshot)
                 yield PortsBar(id="ports").data_bind(ImprovApp.snapshot)
                 yield PianoRoll(id="roll").data_bind(ImprovApp.snapshot)
-                yield LogPane(id="log", max_lines=500, wrap=True, markup=False)
+                # min_width: RichLog renders every line at least 78 wide, so nothing wrapped in a
+                # narrower pane: the tail hid behind a sideways scrollbar that took a row
+                yield LogPane(id="log", max_lines=500, wrap=True, markup=False, min_width=1)
         yield KeyBar(self.BINDINGS, id="keys")
+
+    def on_load(self) -> None:
+        self.terminal_logs.hold()  # before the driver takes the terminal
+
+    def on_unmount(self) -> None:
+        self.terminal_logs.release()
 
     def on_mount(self) -> None:
         for panel, title in (("#knobs", "knobs"), ("#presets", "presets"),
@@ -149,7 +219,7 @@ class ImprovApp(App):
             return
         if snap is not self.snapshot:
             self.snapshot = snap
-        for line in lines:
+        for line in lines + self.terminal_logs.drain():
             self.log_line(line)
 
     def log_line(self, line: str) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
+import logging
 import re
 import threading
 from dataclasses import replace
@@ -316,6 +318,48 @@ async def test_a_failing_session_is_logged_not_fatal():
         await pilot.press("!")
         log = "\n".join(str(line.text) for line in app.query_one("#log").lines)
         assert "could not send Panic()" in log and "queue full" in log
+
+
+class TtyStream(io.StringIO):
+    """Stands in for the terminal the app draws on (stderr under ``improv jam``)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@sync
+async def test_log_lines_stay_in_the_log_pane_and_off_the_terminal():
+    """``improv jam`` logs to stderr: a session line written there landed over the knobs panel."""
+    line = "call ended (silence); answer of 2 bar(s) from bar 9"
+    terminal = TtyStream()
+    handler = logging.StreamHandler(terminal)  # what logging.basicConfig in jam.py sets up
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    session = FakeSession(log=[])
+    app = make_app(session)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            session.log.append(line)
+            logging.getLogger("improv.session").info(line)  # Session._say logs it as well
+            await until(pilot, lambda: "call ended" in on_screen(app))
+            rows = on_screen(app).split("\n")
+            assert terminal.getvalue() == ""  # nothing written over the screen
+            assert rows[0].startswith("─knobs───")
+            # the whole line, wrapped to the pane: no part hidden off to the side
+            assert any(r.rstrip().endswith(" bar 9") for r in rows)
+            # other warnings go to the pane too, wrapped to the same width once it scrolls
+            logging.getLogger("improv.jam").warning("could not save MIDI learn bindings: denied")
+            await until(pilot, lambda: "warning: could not save MIDI" in on_screen(app))
+            log = app.query_one("#log")
+            assert log.virtual_size.width <= log.scrollable_content_region.width
+            assert terminal.getvalue() == ""
+        logging.getLogger("improv.session").info("the set is over")
+        assert terminal.getvalue() == "the set is over\n"  # the terminal's again once we quit
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @sync

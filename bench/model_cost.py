@@ -97,7 +97,8 @@ def tokens_per_note(events: list[list[list[int]]]) -> float:
     return sum(len(g) for ev in events for g in ev) / max(1, len(events))
 
 
-def improv_per_note(model_dir: Path, events: list[list[list[int]]], warmup: int = 30) -> dict:
+def improv_per_note(model_dir: Path, events: list[list[list[int]]], warmup: int = 30,
+                    alternate_every: int = 1) -> dict:
     """Per note event: human feed (ms), machine sample+step (ms), and each step alone (ms).
 
     Events alternate between the two paths on one stream, as in a set. The engine
@@ -109,7 +110,7 @@ def improv_per_note(model_dir: Path, events: list[list[list[int]]], warmup: int 
     feed, gen, steps = [], [], []
     clock = time.perf_counter
     for i, ev in enumerate(events):
-        human = i % 2 == 0
+        human = (i // alternate_every) % 2 == 0  # a note's on and off go the same way
         t_ev = 0.0
         for g in ev:
             if human:

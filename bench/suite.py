@@ -78,15 +78,18 @@ class Suite:
     def per_note(self) -> dict:
         mc = load_bench("model_cost")
         toks, source = mc.real_tokens(self.n(260, 2100))
-        events = mc.note_events(toks)
-        r = mc.improv_per_note(self.model, events)
+        # The unit is one MIDI note event, as Notochord's: a note-on or a note-off, with the
+        # tokens the session feeds for it (its time shifts, bar line, velocity). A note is two.
+        events = [[g] for g in mc.split_messages(toks)]
+        r = mc.improv_per_note(self.model, events, alternate_every=2)
         self.samples.update({"improv feed / note": r["feed_ms"],
                              "improv generate / note": r["generate_ms"],
                              "decode step (real tokens)": r["step_ms"]})
         out = {"configs": {"improv_feed": summarize(r["feed_ms"]),
                            "improv_generate": summarize(r["generate_ms"]),
                            "improv_step": summarize(r["step_ms"])},
-               "source": source, "tokens_per_note": mc.tokens_per_note(events),
+               "source": source, "tokens_per_event": mc.tokens_per_note(events),
+               "tokens_per_note": mc.tokens_per_note(mc.note_events(toks)),
                "rolls": r["rolls"], "roll_waits": r["roll_waits"]}
         # An event is fed (the player's) or generated (the machine's): the dearer of the two.
         out["improv_ms"] = max(out["configs"]["improv_feed"]["median_ms"],

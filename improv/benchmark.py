@@ -297,17 +297,18 @@ def markdown(res: dict) -> str:
     for cond in ("idle", "loaded"):
         lines.append(_row(f"scheduling error via JACK, {cond}", cfg("schedule", f"jack_{cond}")))
     pn = b.get("per_note", {})
-    lines.append(_row("improv per note: feed a human note", cfg("per_note", "improv_feed")))
-    lines.append(_row("improv per note: generate a note", cfg("per_note", "improv_generate")))
+    lines.append(_row("improv per event: feed a played event", cfg("per_note", "improv_feed")))
+    lines.append(_row("improv per event: generate one", cfg("per_note", "improv_generate")))
     lines.append(_row("Notochord per event: feed", cfg("per_note", "notochord_feed")))
     lines.append(_row("Notochord per event: query", cfg("per_note", "notochord_query")))
     lines = [ln for ln in lines if ln is not None]
     lines.append("")
     if "ratio" in pn:
         lines.append(
-            f"Model cost per note event (medians): improv {pn['improv_ms']:.3f} ms (the dearer "
-            f"of feeding a played note and generating one: all the tokens of a note, "
-            f"{pn['tokens_per_note']:.2f} on average, its note-off included) against Notochord "
+            f"Model cost per note event (medians; an event is a note-on or a note-off, as in "
+            f"Notochord): improv {pn['improv_ms']:.3f} ms (the dearer of feeding a played event "
+            f"and generating one: all the tokens of the event, {pn['tokens_per_event']:.2f} on "
+            f"average, {pn['tokens_per_note']:.2f} per note) against Notochord "
             f"{pn['notochord']} {pn['notochord_ms']:.3f} ms (feed + {pn['notochord_query']} per "
             f"event; default architecture, {pn['notochord_parameters'] / 1e6:.1f}M parameters, "
             f"torch {pn['notochord_torch']}): ratio {pn['ratio']:.3f}, bar <= {BAR_RATIO:g}: "

@@ -48,7 +48,7 @@ def sample_result(**machine) -> dict:
                                      "notochord_query": conf(0.4)},
                          "improv_ms": 0.8, "notochord_ms": 3.6, "ratio": 0.8 / 3.6,
                          "ratio_feed": 0.2, "ratio_generate": 0.22, "bar_ok": True,
-                         "tokens_per_note": 2.94, "notochord": "0.8.0",
+                         "tokens_per_note": 2.94, "tokens_per_event": 1.47, "notochord": "0.8.0",
                          "notochord_query": "query(next_inst=1)",
                          "notochord_parameters": 17_744_100, "notochord_torch": "2.13.0"},
             "jam": {"configs": {"first_note_lateness": conf(0.1)}, "bar_ok": True,
@@ -87,7 +87,7 @@ def test_markdown_is_the_performance_section():
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert table[0].startswith("| what | median ms | p99 ms | p99.9 ms")
     feed = res["benchmarks"]["per_note"]["configs"]["improv_feed"]
-    assert f"| improv per note: feed a human note | {feed['median_ms']:.3f} | " \
+    assert f"| improv per event: feed a played event | {feed['median_ms']:.3f} | " \
            f"{feed['p99_ms']:.3f} | {feed['p999_ms']:.3f} |" in md
     assert "<= 5 ms: True" in md
     assert "ratio 0.222, bar <= 0.25: True" in md
@@ -246,7 +246,7 @@ def test_quick_run_writes_a_valid_result(tiny_model_dir, tmp_path, capsys):
     assert g["free"]["tokens"] == 300 and g["corpus_paced"]["realtime_factor"] > 0
     md = js.with_suffix(".md").read_text()
     assert md == capsys.readouterr().out
-    assert "| improv per note: generate a note |" in md
+    assert "| improv per event: generate one |" in md
 
 
 def test_plots_are_written_when_matplotlib_is_there(tmp_path):

@@ -1,6 +1,6 @@
 """The real-time decoder: ONNX Runtime, a preallocated KV cache, a context that rolls.
 
-This module owns running ``model.onnx`` (notes/ONNX_CONTRACT.md) one token at a
+This module owns running ``model.onnx`` (its contract: improv/export.py) one token at a
 time. ``Engine`` loads a model directory, picks the execution provider, keeps
 the keys and values of every token in the window in a preallocated cache and
 hands back the logits of the last token. It never imports torch.

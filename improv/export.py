@@ -1,8 +1,7 @@
 """ONNX export of a model directory: the decode graph with KV cache, and the cache update.
 
-Writes ``model.onnx`` and ``cache_update.onnx`` beside the weights, per
-notes/ONNX_CONTRACT.md, and offers the two checks the rest of the project leans
-on: :func:`run_onnx_decode` (token-by-token decode through ONNX Runtime, for
+Writes ``model.onnx`` and ``cache_update.onnx`` beside the weights, per the
+contract below, and offers the two checks the rest of the project leans on: :func:`run_onnx_decode` (token-by-token decode through ONNX Runtime, for
 tests) and :func:`measure_step_latency` (one-core step latency at full context,
 which chose the shipped model size).
 
@@ -14,6 +13,25 @@ straight into the stacked output. Measured on one core at full context this
 was the difference between missing and meeting the latency budget. The graph
 computes exactly :meth:`improv.model.GPT.step`; tests/test_export.py holds the
 two to 1e-4.
+
+The contract (what ``improv.engine`` relies on; L layers, H heads, C context, D
+head width, V vocabulary), one graph for one-token steps and for prefill:
+
+* inputs: ``tokens`` int64 [1, T]; ``position`` int64 [1], the cache slot of
+  ``tokens[0, 0]``; ``past_keys`` and ``past_values`` float32 [L, 1, H, C, D];
+* outputs: ``logits`` float32 [1, T, V]; ``new_keys`` and ``new_values``
+  float32 [L, 1, H, T, D], the new tokens' keys (rotary applied) and values;
+* token t sits at position ``position + t``, attends to past slots below
+  ``position`` and to new tokens up to itself; slots at or past ``position``
+  are ignored whatever they hold, so the host writes the new keys into slots
+  ``[position, position + T)`` and may rewind by moving ``position`` back;
+* nothing O(C) is copied per step beyond reading the cache;
+* ``cache_update.onnx`` (for a cache kept on a GPU): ``past`` [L,1,H,C,D],
+  ``new`` [L,1,H,T,D], ``position`` -> ``present``, past with those slots replaced.
+
+A model folder holds ``model.onnx``, ``cache_update.onnx``, ``config.json`` (the
+ModelConfig fields and ``format``), ``vocab.json`` (token names by id and
+``styles``: style name -> STYLE index) and ``model.safetensors``.
 """
 
 from __future__ import annotations

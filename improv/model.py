@@ -10,7 +10,7 @@ Two forward paths share every weight:
 
 * :meth:`GPT.forward` — whole sequences, for training (scaled-dot-product
   attention, positions 0..T-1).
-* :meth:`GPT.step` — the ONNX contract (notes/ONNX_CONTRACT.md): T new tokens at
+* :meth:`GPT.step` — the ONNX contract (see improv/export.py): T new tokens at
   absolute ``position`` against a cache ``[L, 1, H, C, D]`` whose slots
   ``>= position`` are masked in-graph. Scores against the past and against the
   new tokens are computed separately and only the small score tensors are

@@ -315,7 +315,7 @@ def _card(model: GPT, state: RunState, args, styles: dict[str, int], tok_s: floa
         f"- written: {time.strftime('%Y-%m-%d %H:%M')}",
         "",
         "Files: model.safetensors (weights), config.json, vocab.json, model.onnx (decode graph "
-        "with KV cache), cache_update.onnx. See notes/ONNX_CONTRACT.md.",
+        "with KV cache), cache_update.onnx. Its contract is in improv/export.py.",
         "",
     ]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The ONNX export against the torch model: the decode contract of notes/ONNX_CONTRACT.md."""
+"""The ONNX export against the torch model: the decode contract in improv/export.py."""
 
 from __future__ import annotations
 

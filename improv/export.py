@@ -1,7 +1,8 @@
 """ONNX export of a model directory: the decode graph with KV cache, and the cache update.
 
 Writes ``model.onnx`` and ``cache_update.onnx`` beside the weights, per the
-contract below, and offers the two checks the rest of the project leans on: :func:`run_onnx_decode` (token-by-token decode through ONNX Runtime, for
+contract below, and offers the two checks the rest of the project leans on:
+:func:`run_onnx_decode` (token-by-token decode through ONNX Runtime, for
 tests) and :func:`measure_step_latency` (one-core step latency at full context,
 which chose the shipped model size).
 

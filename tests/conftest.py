@@ -24,6 +24,12 @@ import time
 
 import mido
 import pytest
+from hypothesis import HealthCheck, settings
+
+# A loaded CI machine must not turn slow examples into failures: no deadlines, no
+# too-slow health check (each test still sets its own number of examples).
+settings.register_profile("improv", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("improv")
 
 JACK_BACKEND = "mido.backends.rtmidi/UNIX_JACK"
 

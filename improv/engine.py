@@ -20,18 +20,21 @@ That path has not run on a GPU yet; ``device_cache=False`` runs CUDA with the
 host cache instead, to tell the two apart.
 
 The rolling context. Positions never exceed the window C. When the window
-reaches ``roll_at`` (75% of C), a background thread re-encodes [STYLE, last K
-tokens] (K = C/2) from position 0 into the spare cache with its own session
-(ORT releases the GIL while it runs; concurrent runs of one session are allowed,
-but a second session keeps the two threads' intra-op pools apart). Tokens that
+reaches ``roll_at`` (75% of C), the engine re-encodes [STYLE, last K tokens]
+(K = C/2) from position 0 into the spare cache. By default (``inline_chunk=8``)
+it does so on its own thread, 8 snapshot tokens after each step, so a roll
+spreads over K/8 steps, well inside the C/4 steps of headroom. Tokens that
 arrive meanwhile are kept and encoded into the new cache together with the first
 token after the re-encode ends, and the caches swap between two steps. The hot
 path waits only if the window fills first (counted in ``stats.roll_waits``).
-``background=False`` does the same re-encode synchronously, for tests and
-reproducible runs. ``inline_chunk=n`` runs it on the engine's own thread instead,
-n tokens after each step: no second runnable thread (on an oversubscribed CPU
-that thread is what stretches the hot path's tail, see bench/decode.py), at the
-price of a dearer step while it lasts.
+
+Why not a background thread (``inline_chunk=0``, still available): on this
+2-core machine a second runnable thread is what stretches the hot path's tail.
+Measured with the shipped model (bench/decode.py, idle machine): a background
+re-encode gave a step median of 0.26 ms but single steps of 4 to 12 ms during
+rolls; inline chunks of 8 give 1.2 ms median while a roll lasts and at most
+2.4 ms, with nothing else ever competing for the cores. ``background=False``
+re-encodes in one go, for tests and reproducible runs.
 
 Why re-encode rather than slide a RoPE window over a ring buffer: the model then
 always sees what it was trained on, a STYLE token at position 0 followed by a
@@ -272,7 +275,7 @@ class Engine:
         background: bool = True,
         device_cache: bool = True,
         style: str | int | None = None,
-        inline_chunk: int = 0,
+        inline_chunk: int = 8,
     ):
         if provider not in ("auto", "cpu", "cuda"):
             raise ModelError(f"provider {provider!r} is unknown; use auto, cpu or cuda")

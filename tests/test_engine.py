@@ -111,7 +111,7 @@ def test_tokens_during_a_slow_reencode_are_caught_up(tiny, monkeypatch):
         finished.set()
 
     monkeypatch.setattr(Engine, "_reencode", staticmethod(slow))
-    e = Engine(d, provider="cpu", background=True)
+    e = Engine(d, provider="cpu", background=True, inline_chunk=0)  # a background thread
 
     def release_when_waiting():
         deadline = time.monotonic() + 10
@@ -152,7 +152,7 @@ def test_rewind_and_reset_do_not_wait_for_a_reencode(tiny, monkeypatch):
             seen["active"] -= 1
 
     monkeypatch.setattr(Engine, "_reencode", staticmethod(slow))
-    e = Engine(d, provider="cpu", background=True)
+    e = Engine(d, provider="cpu", background=True, inline_chunk=0)  # a background thread
     toks = random_tokens(C, seed=8)
     e.feed(toks[: e.roll_at])
     assert e.rolling

@@ -220,6 +220,12 @@ def test_follow_midi_clock_over_jack(jack_backend):
     sender = ClockSender(master, out.send).open()
     sender.start()
     try:
+        # Start comes on the master's next bar line (up to 2.7 s at 90 BPM); measure after it,
+        # or a Start landing mid-measurement restarts the fit and the test depends on the phase.
+        deadline = time.monotonic() + 5.0
+        while not follower.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert follower.running, "the master's Start never arrived"
         for bpm in (90, 140):
             master.set_tempo(bpm)
             time.sleep(1.2)  # > 48 pulses at 90 BPM (36/s): the window holds only this tempo

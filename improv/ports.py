@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -44,6 +45,9 @@ LOOPMIDI_HINT = (
     "(https://www.tobias-erichsen.de/software/loopmidi.html), create a port there "
     "and open it by name"
 )
+
+
+DRAIN_S = 0.05  # an output stays open this long after its last message (see MidiOutput.close)
 
 
 class PortError(Exception):
@@ -390,6 +394,15 @@ class MidiOutput(_Port):
                 self.lost += 1
                 return
             self._port.send(msg)
+            self._last_send = time.monotonic()
+
+    def close(self) -> None:
+        # Some backends (JACK) deliver from their own process cycle: closing right after the
+        # panic's note-offs could drop them, and the synth would hold the notes forever.
+        wait = getattr(self, "_last_send", 0.0) + DRAIN_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        super().close()
 
 
 class PortWatcher:

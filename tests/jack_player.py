@@ -1,0 +1,73 @@
+"""A JACK client for the end-to-end test, run in its own process.
+
+It plays a phrase into a running `improv jam`, records what comes out (with its arrival
+time on the monotonic clock, which processes share), stops the jam with SIGTERM and
+writes the record as JSON. In its own process its JACK clients share nothing with the
+test runner (threads, the GIL, torch's pools), as a keyboard and a synth would not.
+
+    python tests/jack_player.py TAG JAM_PID OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import mido
+
+
+def main(tag: str, jam_pid: int, out_path: str) -> int:
+    be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+    got: list[tuple[float, list[int]]] = []
+
+    def on_message(msg):
+        got.append((time.monotonic(), msg.bytes()))
+
+    def find(names, part):
+        return next((n for n in names() if part in n), None)
+
+    deadline = time.monotonic() + 20
+    while not (find(be.get_input_names, f"improv out {tag}")
+               and find(be.get_output_names, f"improv in {tag}")):
+        if time.monotonic() > deadline:
+            print("the jam's ports never appeared", file=sys.stderr)
+            return 2
+        time.sleep(0.05)
+    inp = be.open_input(find(be.get_input_names, f"improv out {tag}"), callback=on_message)
+    out = be.open_output(find(be.get_output_names, f"improv in {tag}"))
+    result = {"heard_start": False, "answered": False}
+    try:
+        deadline = time.monotonic() + 10
+        while not any(b == [0xFA] for _, b in got) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        result["heard_start"] = any(b == [0xFA] for _, b in got)
+        time.sleep(0.3)
+        for pitch in (60, 62, 64, 65, 67, 65, 64, 62):
+            out.send(mido.Message("note_on", note=pitch, velocity=90))
+            time.sleep(0.2)
+            out.send(mido.Message("note_off", note=pitch, velocity=0))
+            time.sleep(0.05)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if any(b[0] & 0xF0 == 0x90 and b[2] > 0 for _, b in got):
+                result["answered"] = True
+                break
+            time.sleep(0.02)
+        time.sleep(1.0)  # let the answer play a while, then stop the jam mid-answer
+        result["stop_sent"] = time.monotonic()
+        os.kill(jam_pid, signal.SIGTERM)
+        time.sleep(3.0)  # the test notes when the jam exits; anything later would be a bug
+    finally:
+        inp.close()
+        out.close()
+    result["received"] = got
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))

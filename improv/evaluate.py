@@ -14,7 +14,7 @@ This module owns the quality numbers of a model:
 The model sees what it saw in training: a STYLE token at position 0, then a crop of the
 piece. Pieces longer than the context are scored with overlapping windows (see
 :func:`window_plan`). Prompts, generation and the musical figures live in
-:mod:`improv.musical`.
+:mod:`improv.eval_musical`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import torch
 from improv import tokens as tk
 from improv.baseline import BaselineError, NGramModel
 from improv.dataset import DataError, Split, default_corpus_dir, load_split
-from improv.model import ModelError, load_model, load_styles
-from improv.musical import (
+from improv.eval_musical import (
     MEMO_N,
     NAMES,
     MemorizationIndex,
@@ -47,6 +46,7 @@ from improv.musical import (
     model_context,
     note_on_pitches,
 )
+from improv.model import ModelError, load_model, load_styles
 
 MIN_GATE_TOKENS = 5000
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from improv import eval_musical as mu
 from improv import evaluate as ev
-from improv import musical as mu
 from improv import tokens as tk
 from improv.dataset import write_split
 from improv.model import GPT, ModelConfig, save_model

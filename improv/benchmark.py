@@ -40,7 +40,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -186,41 +185,11 @@ def ensure_peer_venv(venv: Path, run=subprocess.run, python: str = sys.executabl
     return py
 
 
-PEER_SCRIPT = """\
-import importlib.metadata, json, sys, time
-import torch
-torch.set_num_threads(1)
-from notochord import Notochord
-torch.manual_seed(0)
-events, warmup = json.load(sys.stdin), int(sys.argv[1])
-model = Notochord()  # the default architecture, random weights
-model.eval()
-model.reset()
-feed, query = [], []
-clock = time.perf_counter
-for i, (inst, pitch, dt, vel) in enumerate(events):
-    t0 = clock()
-    model.feed(inst, pitch, dt, vel)
-    t1 = clock()
-    model.query(next_inst=1)  # one instrument, piano: as improv's single stream
-    t2 = clock()
-    if i >= warmup:
-        feed.append((t1 - t0) * 1e3)
-        query.append((t2 - t1) * 1e3)
-print(json.dumps({"feed_ms": feed, "query_ms": query, "torch": torch.__version__,
-                  "notochord": importlib.metadata.version("notochord"),
-                  "threads": torch.get_num_threads(), "query": "query(next_inst=1)",
-                  "parameters": sum(p.numel() for p in model.parameters())}))
-"""
-
-
 def run_peer(py: Path, events: list, warmup: int = 20, run=subprocess.run) -> dict:
     """Notochord's feed and query per event, timed in its venv; JSON from the script."""
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "notochord_timing.py"
-        script.write_text(PEER_SCRIPT)
-        done = run([str(py), str(script), str(warmup)], input=json.dumps(events),
-                   capture_output=True, text=True, timeout=600)
+    script = BENCH_DIR / "notochord_timing.py"
+    done = run([str(py), str(script), str(warmup)], input=json.dumps(events),
+               capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         last = (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
         raise BenchError(f"the Notochord timing failed ({last[0][:200]})")

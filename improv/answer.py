@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import mido
 
 from improv import tokens as tk
+from improv.dynamics import Dynamics
 
 RESPONSE = "response"  # scheduler tag of the machine's notes
 MIN_NOTE_S = 0.002  # a machine note lasts at least this long, whatever humanize does
@@ -39,6 +40,10 @@ class Answer:
     call_encoder: tk.StreamEncoder  # answer sounds is still playing the call
     call_sampler: dict
     call_start: int
+    call_bar: int = 0  # the bar line the call counted from (restored if the call goes on)
+    predicted: bool = False  # handed over on predicted phrase end (discarded if played on)
+    trading: bool = False  # handed over on a fixed line (call_bars): never discarded
+    dynamics: Dynamics = field(default_factory=Dynamics)
     tokens: list[tuple[int, int]] = field(default_factory=list)  # (token, tick generated at)
     sounding: dict[int, float] = field(default_factory=dict)  # pitch -> its note-on deadline
     last_off: dict[int, float] = field(default_factory=dict)  # pitch -> its last off deadline

@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     for name in KNOBS:
         value = getattr(args, name, None)
         if value is not None:
-            args.overrides.append(f"{name}={int(value) if name == 'response_bars' else value}")
+            whole = name in ("response_bars", "call_bars")
+            args.overrides.append(f"{name}={int(value) if whole else value}")
     from improv.ports import PortError, PortWatcher
     from improv.recording import RecordingError
 

@@ -104,8 +104,8 @@ class PlayerControls:
         value = min(max(float(value), lo), hi)
         if name == "bpm":
             self.clock.set_tempo(value)
-        elif name == "response_bars":
-            self._update_preset(response_bars=int(round(value)))
+        elif name in ("response_bars", "call_bars"):
+            self._update_preset(**{name: int(round(value))})
         else:
             self._update_preset(**{name: value})
 

@@ -80,6 +80,9 @@ class Preset:
     # turn-taking
     bpm: float = 0.0  # 0 = keep the session's tempo
     response_bars: int = 0  # 0 = as long as the call
+    call_bars: int = 0  # 0 = the call ends when the player does; N = trading N-bar phrases
+    predict_handover: bool = True  # answer on the line a phrase ends on, not after silence
+    handover_threshold: float = 0.1  # how sure the phrase-end evidence must be (0..1)
     silence_beats: float = 2.0  # the call ends after this much silence with all keys up
     max_call_bars: int = 8
     response_start: str = "bar"  # "beat" | "bar": where the response may start
@@ -90,6 +93,7 @@ class Preset:
     velocity_scale: float = 1.0
     velocity_offset: int = 0
     velocity_curve: tuple[int, ...] = ()  # output velocities at evenly spaced inputs 0..127
+    dynamics: float = 1.0  # 0 = the model's velocities, 1 = the call's level and accents
     swing: float = 0.0  # delay of off-beat eighths, as a fraction of an eighth (0..0.5)
     humanize_ms: float = 0.0
     channel: int = 1  # 1..16, as printed on synths
@@ -141,6 +145,9 @@ _RULES: dict[str, _Rule] = {
     "scale_lock": _Rule("bool"),
     "bpm": _Rule("float", 0.0, 300.0),
     "response_bars": _Rule("int", 0, 64),
+    "call_bars": _Rule("int", 0, 16),
+    "predict_handover": _Rule("bool"),
+    "handover_threshold": _Rule("float", 0.0, 1.0),
     "silence_beats": _Rule("float", 0.25, 16.0),
     "max_call_bars": _Rule("int", 1, 64),
     "response_start": _Rule("choice", choices=("beat", "bar")),
@@ -150,6 +157,7 @@ _RULES: dict[str, _Rule] = {
     "velocity_scale": _Rule("float", 0.1, 2.0),
     "velocity_offset": _Rule("int", -126, 126),
     "velocity_curve": _Rule("curve", 1, 127),
+    "dynamics": _Rule("float", 0.0, 1.0),
     "swing": _Rule("float", 0.0, 0.5),
     "humanize_ms": _Rule("float", 0.0, 50.0),
     "channel": _Rule("int", 1, 16),

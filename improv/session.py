@@ -13,6 +13,15 @@ call is heard against the last answer.
 States: IDLE (nothing yet) -> LISTENING (a call is being played) -> THINKING
 (the call ended, the response has not sounded yet) -> RESPONDING -> LISTENING...
 
+Hand-over: with ``call_bars = N`` (trading) the call is the N bars from the bar
+line on or before the player's first note, and the answer starts on the line
+after them whatever the player holds. Otherwise, when the player releases every
+key shortly before a bar line and the evidence says the phrase is over
+(:mod:`improv.handover`), the answer is prepared for that line; a note played
+before the line discards it unheard and the call goes on. Silence, the end-call
+pedal and ``max_call_bars`` end the call when nothing was predicted. The answer
+lasts the call's length in bars, up to the bar of its last note.
+
 Barge-in: a note from the player during a response stops it (``mode =
 "call_response"``): the scheduler cancels what is pending and ends what sounds,
 and the context is rewound to what was actually heard, closed with the machine's
@@ -41,6 +50,8 @@ from improv import tokens as tk
 from improv.answer import RESPONSE, Answer, Voice
 from improv.clock import Clock
 from improv.controls import Bindings, Learner
+from improv.dynamics import Dynamics
+from improv.handover import LINE_SLACK, HandoverPredictor, call_bars, turn_probability
 from improv.knobs import PlayerControls
 from improv.ports import InputQueue
 from improv.presets import Preset, PresetLibrary
@@ -123,6 +134,17 @@ class Session(PlayerControls):
         self._keys_down: set[int] = set()
         self._last_human = 0.0  # time of the player's last note event
         self._call_start: int | None = None
+        self._call_bar = 0  # the bar line the call counts its bars from
+        self._call_last = 0  # tick of the call's last note event
+        self._call_notes: list[tuple[int, int]] = []  # (tick, velocity) of the call's note-ons
+        self._released: int | None = None  # tick all keys came up, while they are up
+        self._turn_p = 0.0  # p(TURN) right after that release
+        # (encoder before it, pitch, its tokens, tokens fed after it): for the line probe
+        self._release: tuple[tk.StreamEncoder, int, list[int], int] | None = None
+        self._judged: int | None = None  # the line the predictor last judged
+        self._closed: set[int] = set()  # keys held at a hand-over, closed in the stream already
+        self.handover = HandoverPredictor()
+        self.discarded = 0  # prepared answers dropped unheard because the player played on
         self._response: Answer | None = None
         self._history = NoteHistory()
         self._snapshot = Snapshot()
@@ -248,25 +270,51 @@ class Session(PlayerControls):
 
     def _human_note(self, pitch: int, velocity: int, t: float) -> None:
         tick = max(self.clock.nearest_tick(t) + self._offset, 0)
-        if velocity > 0 and self._response is not None:
-            if self.preset.mode == "call_response":
-                self._barge_in(tick)
+        self._record_human(pitch, velocity, t, tick)
+        r = self._response
+        if velocity > 0 and r is not None:
+            if tick < r.start_tick and r.trading:
+                # The call's last moment after a fixed hand-over: heard, but the stream is
+                # already at the answer; its release must not reach the stream either.
+                self._closed.add(pitch)
+                return
+            if tick < r.start_tick or self.preset.mode == "call_response":
+                self._barge_in(tick)  # before the line: the call goes on, nothing sounded
             # overlap: the response goes on; the player's note joins the context as it comes
+        if velocity == 0 and pitch in self._closed:
+            self._closed.discard(pitch)  # released after the hand-over closed it
+            return
+        self._closed.discard(pitch)
         if velocity > 0:
             if self._call_start is None:  # a new call (in overlap mode: under the answer)
                 self._call_start = tick
+                self._call_bar = self._bar_line_of(tick)
+                self._call_notes = []
+                self._judged = None
                 if self._response is None:
                     self._apply_pending_preset()
             if self._response is None:
                 self._set_state(State.LISTENING)
             self._keys_down.add(pitch)
+            self._call_notes.append((tick, velocity))
             toks = self.encoder.note_on(tick, pitch, velocity)
         else:
+            last = self._keys_down == {pitch}
             self._keys_down.discard(pitch)
+            before = copy.deepcopy(self.encoder) if last else None
             toks = self.encoder.note_off(tick, pitch)
         self._last_human = t
+        self._call_last = max(self._call_last, tick) if self._call_start is not None else tick
         self._feed(toks, human=True)
+        if velocity == 0 and not self._keys_down:
+            self._released, self._judged = tick, None  # a new release: judge its line afresh
+            self._turn_p = turn_probability(self._logits)
+            self._release = (before, pitch, toks, self._fed) if before is not None else None
+        elif velocity > 0:
+            self._released = None
         self.ingest_ms.append((self.clock.time_fn() - t) * 1000.0)
+
+    def _record_human(self, pitch: int, velocity: int, t: float, tick: int) -> None:
         self._view("human", pitch, velocity, tick)
         if self.recorder is not None:
             kind = "note_on" if velocity else "note_off"
@@ -292,34 +340,104 @@ class Session(PlayerControls):
     def _check_call_end(self) -> None:
         if self.state != State.LISTENING or self._call_start is None:
             return
+        p = self.preset
+        now_tick = self._now()
+        bar = self.clock.bar_ticks
+        if p.call_bars:  # trading: the line is fixed by the call's first bar
+            line = self._call_bar + p.call_bars * bar
+            if now_tick >= line - self._lead_ticks():
+                self._end_call("trading", start=line, bars=p.call_bars, trading=True)
+            return
+        if p.predict_handover and self._predict(now_tick):
+            return
         now = self.clock.time_fn()
         beat_s = self.clock.beat_ticks * self.clock.seconds_per_tick
-        if not self._keys_down and now - self._last_human >= self.preset.silence_beats * beat_s:
+        if not self._keys_down and now - self._last_human >= p.silence_beats * beat_s:
             self._end_call("silence")
-        elif self._now() - self._call_start >= \
-                self.preset.max_call_bars * self.clock.bar_ticks:
+        elif now_tick - self._call_start >= p.max_call_bars * bar:
             self._end_call("max length")
 
-    def _end_call(self, why: str) -> None:
+    def _predict(self, now_tick: float) -> bool:
+        """Answer on the coming line if the player let go near it and the phrase seems over."""
+        if self._keys_down or self._released is None:
+            return False
+        line = self._handover_line(self._released)
+        near = self.clock.bar_ticks // 2 if self.preset.response_start == "bar" \
+            else self.clock.beat_ticks
+        if line == self._judged or self._released < line - near:
+            return False
+        # Judge during the line's last beat, early enough to generate before it sounds.
+        if now_tick < line - self.clock.beat_ticks or now_tick > line - self._lead_ticks():
+            return False
+        self._judged = line
+        bars = call_bars(self._call_bar, line, self.clock.bar_ticks)
+        self.handover.threshold = self.preset.handover_threshold
+        if not self.handover.decide(self._line_turn_p(line), bars):
+            return False
+        self._end_call("predicted", start=line, bars=bars, predicted=True)
+        return True
+
+    def _line_turn_p(self, line: int) -> float:
+        """p(TURN) had the player's last release landed on ``line``.
+
+        The corpus is engraved: a phrase's last note lasts to the line and TURN follows
+        its note-off there, while a player lets go a little early. So the model is asked
+        about the release moved onto the line (the tokens swapped in and out again,
+        which leaves the stream as it was), as a listener hears a phrase end.
+        """
+        rel = self._release
+        if rel is None or rel[3] != self._fed:
+            return self._turn_p
+        before, pitch, toks, _ = rel
+        probe = copy.deepcopy(before).note_off(line, pitch)
+        logits = self._logits
+        self.engine.rewind(len(toks))
+        p = turn_probability(self.engine.feed(probe))
+        self.engine.rewind(len(probe))
+        self.engine.feed(toks)
+        self._logits = logits
+        return max(p, self._turn_p)
+
+    def _handover_line(self, tick: int) -> int:
+        """The first bar line (or beat, with ``response_start = "beat"``) after ``tick``."""
+        line = self.clock.next_bar if self.preset.response_start == "bar" else self.clock.next_beat
+        return line(tick + 1 - self._offset) + self._offset
+
+    def _bar_line_of(self, tick: int) -> int:
+        """The bar line on or before a first note (one a hair early belongs to the line)."""
+        return self.clock.bar_start(tick + LINE_SLACK - self._offset) + self._offset
+
+    def _lead_ticks(self) -> float:
+        return self.options.min_lead_ms / 1000.0 / self.clock.seconds_per_tick
+
+    def _end_call(self, why: str, *, start: int | None = None, bars: int | None = None,
+                  predicted: bool = False, trading: bool = False) -> None:
         """Hand over: TURN, place the response on the grid, start generating."""
         self._apply_pending_preset()  # a phrase boundary: a preset waiting for one applies now
         now_tick = self._now()
-        lead = self.options.min_lead_ms / 1000.0 / self.clock.seconds_per_tick
-        line = self.clock.next_bar if self.preset.response_start == "bar" else self.clock.next_beat
-        start = line(now_tick + lead - self._offset) + self._offset
-        call_ticks = max(1, int(now_tick) - (self._call_start or 0))
-        bars = self.preset.response_bars or -(-call_ticks // self.clock.bar_ticks)
-        bars = min(max(1, bars), MAX_RESPONSE_BARS)
+        if start is None:
+            line = self.clock.next_bar if self.preset.response_start == "bar" \
+                else self.clock.next_beat
+            start = line(now_tick + self._lead_ticks() - self._offset) + self._offset
+        if bars is None:
+            bars = call_bars(self._call_bar, self._call_last, self.clock.bar_ticks)
+        self.handover.remember(bars)
+        bars = min(max(1, self.preset.response_bars or bars), MAX_RESPONSE_BARS)
         end = start + bars * self.clock.bar_ticks
         call_base, call_encoder = self._fed, copy.deepcopy(self.encoder)
         call_sampler, call_start = _sampler_state(self.sampler), self._call_start or 0
-        # Close the player's keys in the stream (a key still held after a pedal handover).
-        toks = self.encoder.close(self.encoder.tick) if self._keys_down else []
+        # Close the player's keys in the stream (held through a pedal or trading hand-over);
+        # at the line in trading, as a player's note that ends there reads in the corpus.
+        toks = []
+        if self._keys_down:
+            toks = self.encoder.close(max(self.encoder.tick, start if trading else 0))
+            self._closed |= self._keys_down
         self._keys_down.clear()
         toks += self.encoder.turn()
         toks += self.encoder.advance(start)
         self._feed(toks, human=True)
         self._call_start = None
+        self._released = None
         self._response = Answer(
             start_tick=start,
             end_tick=end,
@@ -330,7 +448,11 @@ class Session(PlayerControls):
             call_encoder=call_encoder,
             call_sampler=call_sampler,
             call_start=call_start,
+            call_bar=self._call_bar,
             planned_time=self._time_of(start),
+            predicted=predicted,
+            trading=trading,
+            dynamics=Dynamics.of_call(self._call_notes, self._call_bar, self.clock.bar_ticks),
         )
         self._set_state(State.THINKING)
         bar = start // self.clock.bar_ticks + 1
@@ -374,7 +496,8 @@ class Session(PlayerControls):
         if tk.is_note_on(tok):
             p = tk.token_pitch(tok)
             r.first_note = True
-            velocity = tk.bin_velocity(self.encoder.velocity_bin)
+            velocity = r.dynamics.velocity(tick, tk.bin_velocity(self.encoder.velocity_bin),
+                                           self.preset.dynamics)
             deadline = self.voice.note_on(r, p, tick, velocity, self.preset)
             if self.responses and self.responses[-1].get("first_note_deadline") is None:
                 self.responses[-1]["first_note_deadline"] = deadline
@@ -408,7 +531,12 @@ class Session(PlayerControls):
         if not r.first_note or tick < r.start_tick:
             # Nothing of the answer sounded: the call simply goes on, as if never ended.
             self._rewind(r.call_base, r.call_encoder, r.call_sampler)
-            self._call_start = r.call_start
+            self._call_start, self._call_bar = r.call_start, r.call_bar
+            if self.handover.lengths:
+                self.handover.lengths.pop()  # it was not a call's end after all
+            self.discarded += 1
+            if self.responses and self.responses[-1].get("first_note_deadline") is None:
+                self.responses.pop()
             self._say("the call goes on")
             self._set_state(State.LISTENING)
             return
@@ -492,8 +620,10 @@ class Session(PlayerControls):
             return
         self.state = state
         if state == State.THINKING:
-            self.responses.append({"planned_time": self._response.planned_time,
-                                   "start_tick": self._response.start_tick})
+            r = self._response
+            self.responses.append({"planned_time": r.planned_time, "start_tick": r.start_tick,
+                                   "end_tick": r.end_tick, "call_bar": r.call_bar,
+                                   "predicted": r.predicted, "trading": r.trading})
         if self.on_state is not None:
             self.on_state(state)
         self._publish(force=True)

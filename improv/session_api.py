@@ -80,6 +80,7 @@ KNOBS: dict[str, tuple[float, float, float]] = {
     "top_p": (0.05, 1.0, 0.01),
     "density": (-1.0, 1.0, 0.05),
     "response_bars": (0.0, 16.0, 1.0),
+    "call_bars": (0.0, 16.0, 1.0),
     "silence_beats": (0.25, 8.0, 0.25),
     "bpm": (30.0, 300.0, 1.0),
 }

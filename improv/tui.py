@@ -64,6 +64,7 @@ KNOB_KEYS = (
     ("p", "P", "top_p", "top-p"),
     ("d", "D", "density", "density"),
     ("r", "R", "response_bars", "resp"),
+    ("b", "B", "call_bars", "trade"),
     ("s", "S", "silence_beats", "silence"),
     ("minus", "plus,equals_sign", "bpm", "tempo"),
 )

@@ -142,7 +142,8 @@ class DemoSession:
             return
         bpm = p.bpm or self.snap.bpm
         knobs = {"temperature": p.temperature, "top_p": p.top_p, "density": p.density,
-                 "response_bars": float(p.response_bars), "silence_beats": p.silence_beats,
+                 "response_bars": float(p.response_bars), "call_bars": float(p.call_bars),
+                 "silence_beats": p.silence_beats,
                  "bpm": bpm}
         self.snap = replace(self.snap, preset=p.name, preset_number=names.index(p.name) + 1,
                             knobs=knobs, bpm=bpm, mode=p.mode, key=p.key)

@@ -28,6 +28,7 @@ KNOB_LABELS = {
     "top_p": "top-p",
     "density": "density",
     "response_bars": "resp bars",
+    "call_bars": "trade",
     "silence_beats": "silence",
     "bpm": "tempo",
 }
@@ -42,6 +43,8 @@ def format_knob(name: str, value: float | None) -> str:
         return f"{value:+.2f}"
     if name == "response_bars":
         return "call" if value <= 0 else f"{value:.0f}"  # 0: as long as the call
+    if name == "call_bars":
+        return "off" if value <= 0 else f"{value:.0f}"  # 0: the call ends when the player does
     if name == "bpm":
         return f"{value:.0f}"
     return f"{value:.2f}"

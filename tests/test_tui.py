@@ -65,7 +65,7 @@ def fixed_snapshot() -> Snapshot:
         state=State.RESPONDING, beat=now, bpm=96.0, meter=(4, 4), clock_source="internal",
         preset="chorale", preset_number=3, presets=NAMES,
         knobs={"temperature": 0.9, "top_p": 0.95, "density": -0.25, "response_bars": 4.0,
-               "silence_beats": 2.0, "bpm": 96.0},
+               "call_bars": 0.0, "silence_beats": 2.0, "bpm": 96.0},
         mode="call_response", key="auto", key_detected="G major",
         ports=(PortView("in", "Keystation 49 MkII", True),
                PortView("out", "improv out", True, virtual=True)),

@@ -1,0 +1,88 @@
+"""When the call is over: the evidence for handing over on the next bar line.
+
+This module owns the judgement the session makes while the player is silent just
+before a bar line: is the phrase over (answer on that line) or is this a breath
+inside it (keep listening)? Two kinds of evidence, both from this set:
+
+* the model's probability of TURN right after the player's last release. The
+  corpus marks phrase ends with TURN after the phrase's last note-off, so this is
+  the model's own reading of "a phrase ends here" given everything played;
+* the call's length in bars against the lengths of this set's earlier calls
+  (players trading phrases keep to a length) and, before there are any, the
+  phrase lengths music is made of (2, 4, 8 bars).
+
+The two multiply into one score; the answer is prepared when it passes
+``threshold``. A wrong guess costs nothing audible as long as the player plays
+on before the line: the session discards the prepared answer before any of its
+notes sound. Silence detection stays as the fallback for the rest.
+
+It also owns how long a call is in bars (:func:`call_bars`), which the answer's
+length follows: up to the bar of the call's last note, never the silence wait.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from improv import tokens as tk
+
+# A human release or first note a little off the line still belongs to it (ticks; a 32nd
+# is 3 ticks, about 30 ms at 120 BPM).
+LINE_SLACK = 4
+# Phrase lengths before this set has shown its own, as a prior over bars (renormalised).
+BASE_LENGTHS = {1: 0.12, 2: 0.30, 3: 0.04, 4: 0.34, 5: 0.01, 6: 0.03, 7: 0.01, 8: 0.15}
+REMEMBERED_CALLS = 8
+DEFAULT_THRESHOLD = 0.1
+
+
+def turn_probability(logits: np.ndarray) -> float:
+    """The softmax probability of TURN in ``logits`` (the model's next-token scores)."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    finite = x[np.isfinite(x)]
+    if not finite.size or not np.isfinite(x[tk.TURN]):
+        return 0.0
+    top = finite.max()
+    return float(math.exp(x[tk.TURN] - top) / np.exp(finite - top).sum())
+
+
+def call_bars(call_bar: int, last_tick: int, bar_ticks: int) -> int:
+    """Bars from the call's first bar line through the bar of its last note (at least 1).
+
+    A release up to ``LINE_SLACK`` past a bar line ends the call on that line.
+    """
+    span = max(0, last_tick - LINE_SLACK - call_bar)
+    return max(1, -(-span // bar_ticks))
+
+
+@dataclass
+class HandoverPredictor:
+    """Judges a silent bar line: phrase end or breath, from p(TURN) and call lengths."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    lengths: deque[int] = field(default_factory=lambda: deque(maxlen=REMEMBERED_CALLS))
+
+    def length_prior(self, bars: int) -> float:
+        """How typical a call of ``bars`` bars is, 0..1 (1 = the set's usual length)."""
+        base = BASE_LENGTHS.get(bars, 0.005) / max(BASE_LENGTHS.values())
+        if not self.lengths:
+            return base
+        seen = Counter(self.lengths)
+        # Earlier calls outweigh the base prior as they accumulate; one call already counts.
+        n = len(self.lengths)
+        share = seen.get(bars, 0) / seen.most_common(1)[0][1]
+        return (n * share + base) / (n + 1)
+
+    def score(self, p_turn: float, bars: int) -> float:
+        return float(p_turn) * self.length_prior(bars)
+
+    def decide(self, p_turn: float, bars: int) -> bool:
+        """Whether to answer on the line that ends a call of ``bars`` bars."""
+        return self.score(p_turn, bars) >= self.threshold
+
+    def remember(self, bars: int) -> None:
+        """A call of ``bars`` bars was answered (whatever ended it)."""
+        self.lengths.append(int(bars))

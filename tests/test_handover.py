@@ -1,0 +1,258 @@
+"""Hand-over on time: trading on fixed lines, the predicted phrase end, the answer's length.
+
+Scripted players on simulated time drive a real session (engine, sampler, encoder). Where
+the test is about the rules alone, ``handover_threshold = 0`` makes the predictor hand
+over whenever the rules let it, so only the rules can keep it quiet; where it is about
+the evidence, the shipped model judges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mido
+import pytest
+
+from improv.clock import Clock
+from improv.dynamics import Dynamics
+from improv.engine import Engine
+from improv.handover import HandoverPredictor, call_bars, turn_probability
+from improv.presets import PresetLibrary, apply_overrides
+from improv.session import RESPONSE, Session, SessionOptions
+from improv.simulate import Script, SimScheduler, SimTime, run
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "improv-base"
+Q = 24  # ticks per quarter
+BAR = 4 * Q
+BPM = 120.0
+TICK_TOL = 0.05  # simulated time steps at least 0.1 ms: a send may land that much late
+
+
+@pytest.fixture(scope="module")
+def library() -> PresetLibrary:
+    return PresetLibrary()
+
+
+@pytest.fixture(scope="module")
+def shipped_engine() -> Engine:
+    return Engine(SHIPPED, provider="cpu", background=False)
+
+
+class Player:
+    """A scripted player on a session's bar grid: notes in ticks from a bar line."""
+
+    def __init__(self, engine, library, preset="folk song", seed=0, **overrides):
+        self.sim = SimTime()
+        self.clock = Clock(BPM, time_fn=self.sim)
+        self.sched = SimScheduler(self.sim)
+        p = apply_overrides(library.get(preset), humanize_ms=0.0, swing=0.0, **overrides)
+        self.session = Session(engine, self.clock, self.sched, library, p,
+                               options=SessionOptions(seed=seed))
+        self.session.start(thread=False)
+        # The first bar line after the stream's start: tick 0 of the script.
+        self.origin = self.clock.next_bar(self.clock.now_tick() + 1)
+        self.events: list[tuple[float, mido.Message]] = []
+
+    def seconds(self, tick: float) -> float:
+        return self.clock.tick_to_time(self.origin + tick) - self.sim.t
+
+    def note(self, start: int, end: int, pitch: int, velocity: int = 80) -> Player:
+        self.events.append((self.seconds(start), mido.Message("note_on", note=pitch,
+                                                               velocity=velocity)))
+        self.events.append((self.seconds(end), mido.Message("note_off", note=pitch)))
+        return self
+
+    def phrase(self, start: int, pitches, step: int = Q, gap: int = 2, velocity=80) -> Player:
+        for i, p in enumerate(pitches):
+            self.note(start + i * step, start + (i + 1) * step - gap, p, velocity)
+        return self
+
+    def play(self, bars_after: int = 6) -> Player:
+        last = max(t for t, _ in self.events)
+        run(self.session, self.sim, self.sched,
+            Script(list(self.events), stop_at=last + self.seconds(bars_after * BAR)
+                   - self.seconds(0)))
+        return self
+
+    def machine_ons(self) -> list[tuple[float, int]]:
+        """(tick from the script's origin, velocity) of every machine note-on that sounded."""
+        return [(self.clock.time_to_tick(x.t) - self.origin, x.msg.velocity)
+                for x in self.sched.log
+                if x.tag == RESPONSE and x.msg.type == "note_on" and x.msg.velocity > 0]
+
+
+# --- trading -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_trading_answers_on_the_line_after_the_call_for_as_long(tiny_model_dir, library, held):
+    """call_bars = 2: the answer's first note is on the bar line after the call's second bar
+    (whether or not a key is still down), and it lasts two bars."""
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                call_bars=2)
+    pl.phrase(BAR, [60, 62, 64, 65, 67, 65, 64])  # bars 2-3 of the script, ends beat 3.9
+    if held:
+        pl.note(BAR + 7 * Q, 3 * BAR + Q, 60)  # held across the hand-over line
+    pl.play()
+    r = pl.session.responses[0]
+    assert r["trading"]
+    line = pl.origin + 3 * BAR
+    assert r["start_tick"] == line
+    assert r["end_tick"] - r["start_tick"] == 2 * BAR
+    ons = pl.machine_ons()
+    assert ons, "no answer"
+    assert ons[0][0] == pytest.approx(3 * BAR, abs=TICK_TOL)
+    assert max(t for t, _ in ons) < 5 * BAR
+
+
+def test_trading_counts_from_the_bar_line_a_hair_before_the_first_note(tiny_model_dir, library):
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                call_bars=1)
+    pl.note(BAR - 2, BAR + Q, 60).note(BAR + Q, BAR + 3 * Q, 64)  # 2 ticks early: on the line
+    pl.play()
+    assert pl.session.responses[0]["start_tick"] == pl.origin + 2 * BAR
+
+
+# --- the predicted hand-over never talks over a player who goes on ---------------------------
+
+
+def _sounded_while_playing(pl: Player, until_tick: int) -> list:
+    return [t for t, _ in pl.machine_ons() if t < until_tick]
+
+
+def test_predicted_handover_never_fires_on_a_held_note(tiny_model_dir, library):
+    """Even a predictor that always says "phrase over" must not answer a held note."""
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                handover_threshold=0.0)
+    pl.phrase(0, [60, 62, 64, 65, 67, 65])
+    pl.note(6 * Q, BAR * 2 + Q, 64)  # across the line into bar 3
+    pl.phrase(2 * BAR + Q, [62, 60, 62])  # and on
+    pl.play()
+    assert not _sounded_while_playing(pl, 2 * BAR + 4 * Q)
+    assert pl.session.responses, "the call got no answer at all"
+
+
+def test_predicted_answer_is_discarded_when_the_player_goes_on_before_the_line(
+        tiny_model_dir, library):
+    """A breath in the last beat before the line: the answer is prepared, then dropped
+    unheard when the player plays on before the line."""
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                handover_threshold=0.0)
+    pl.phrase(0, [60, 62, 64, 65, 67, 65, 64])  # releases at beat 3.9 of bar 2
+    pl.note(BAR + 3 * Q + Q // 2, 2 * BAR + Q, 62)  # on again at beat 3.5, across the line
+    pl.phrase(2 * BAR + Q, [64, 65, 67])
+    pl.play()
+    assert pl.session.discarded >= 1
+    assert "the call goes on" in pl.session.drain_log()
+    assert not _sounded_while_playing(pl, 2 * BAR + 4 * Q)
+
+
+def test_a_breath_mid_bar_is_not_a_hand_over(tiny_model_dir, library):
+    """Ending mid-bar (beat 2) and going on in the same bar: nothing sounds."""
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                handover_threshold=0.0)
+    pl.phrase(0, [60, 62, 64, 65, 67])  # to beat 2 of bar 2
+    pl.phrase(BAR + 2 * Q + Q // 2, [65, 64, 62, 60, 62, 64])  # on from beat 2.5
+    pl.play()
+    assert not _sounded_while_playing(pl, BAR + 2 * Q + Q // 2 + 6 * Q)
+
+
+def test_a_pause_on_the_bar_line_is_not_taken_for_a_phrase_end(shipped_engine, library):
+    """One bar, a rest on the downbeat, then the phrase goes on: the model's evidence (and
+    the length prior) must keep the answer back, while the rules alone would not."""
+    def player(threshold):
+        pl = Player(shipped_engine, library, handover_threshold=threshold)
+        pl.phrase(0, [67, 69, 71, 72], gap=6)  # bar 1, the last note let go at beat 3.75
+        pl.phrase(BAR + Q, [74, 72, 71, 69, 67, 69, 71], gap=2)  # on from beat 2 of bar 2
+        return pl.play()
+
+    judged = player(library.get("folk song").handover_threshold)
+    assert not _sounded_while_playing(judged, BAR + Q + 7 * Q)
+    blind = player(0.0)  # the rules alone hand over on that line: the check can fail
+    assert _sounded_while_playing(blind, BAR + Q + 7 * Q)
+
+
+def test_a_phrase_end_is_answered_on_the_next_line(shipped_engine, library):
+    """A two-bar phrase let go just before the line is answered on that line, not after
+    the silence wait, and the answer is two bars long."""
+    pl = Player(shipped_engine, library)
+    pl.phrase(0, [60, 62, 64, 65, 67, 65])
+    pl.note(6 * Q, 2 * BAR - 3, 64)
+    pl.play()
+    r = pl.session.responses[0]
+    assert r["predicted"]
+    assert r["start_tick"] == pl.origin + 2 * BAR
+    assert r["end_tick"] - r["start_tick"] == 2 * BAR
+    assert pl.machine_ons()[0][0] == pytest.approx(2 * BAR, abs=TICK_TOL)
+
+
+# --- the answer's length ---------------------------------------------------------------------
+
+
+def test_answer_lasts_the_call_not_the_silence_wait(tiny_model_dir, library):
+    """Silence hand-over: a 2-bar call gets 2 bars, though silence is decided in bar 3."""
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                predict_handover=False, silence_beats=3.0)
+    pl.phrase(0, [60, 62, 64, 65, 67, 65, 64], gap=0)
+    pl.note(7 * Q, 8 * Q - 1, 62)
+    pl.play()
+    r = pl.session.responses[0]
+    assert r["start_tick"] == pl.origin + 3 * BAR  # silence decided at beat 3 of bar 3
+    assert r["end_tick"] - r["start_tick"] == 2 * BAR
+
+
+def test_call_bars_counts_to_the_bar_of_the_last_note():
+    assert call_bars(0, BAR, BAR) == 1  # released on the line
+    assert call_bars(0, BAR + 3, BAR) == 1  # a hair late
+    assert call_bars(0, BAR + 12, BAR) == 2
+    assert call_bars(BAR, 3 * BAR - 5, BAR) == 2
+
+
+# --- the evidence ----------------------------------------------------------------------------
+
+
+def test_predictor_follows_the_sets_call_lengths():
+    h = HandoverPredictor(threshold=0.2)
+    assert h.decide(0.3, 2) and not h.decide(0.3, 3)  # phrase lengths music is made of
+    for _ in range(3):
+        h.remember(3)
+    assert h.decide(0.3, 3)  # this set trades three-bar phrases
+    assert h.length_prior(3) > h.length_prior(2)
+
+
+def test_turn_probability_is_a_softmax_entry():
+    import numpy as np
+
+    x = np.full(307, -1e9)
+    x[1] = 0.0
+    x[5] = 0.0
+    assert turn_probability(x) == pytest.approx(0.5)
+    x[1] = -np.inf
+    assert turn_probability(x) == 0.0
+
+
+# --- dynamics --------------------------------------------------------------------------------
+
+
+def test_louder_call_louder_answer(tiny_model_dir, library):
+    def mean_answer_velocity(v):
+        pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                    call_bars=2, velocity_curve=[], velocity_scale=1.0, velocity_offset=0)
+        pl.phrase(0, [60, 62, 64, 65, 67, 65, 64, 62], velocity=v)
+        pl.play()
+        vs = [vel for _, vel in pl.machine_ons()]
+        assert vs
+        return sum(vs) / len(vs)
+
+    soft, loud = mean_answer_velocity(30), mean_answer_velocity(115)
+    assert loud - soft > 50
+
+
+def test_dynamics_carry_the_calls_accents():
+    notes = [(t, 110 if t % BAR == 0 else 60) for t in range(0, 2 * BAR, Q)]
+    d = Dynamics.of_call(notes, 0, BAR)
+    assert d.level == pytest.approx(72.5)
+    down, off = d.velocity(4 * BAR, 80), d.velocity(4 * BAR + Q, 80)
+    assert down > d.level > off
+    assert d.velocity(4 * BAR, 80, amount=0.0) == 80
+    assert Dynamics().velocity(0, 64) == 64  # nothing heard: the model's velocity stands

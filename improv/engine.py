@@ -431,6 +431,11 @@ class Engine:
             provider=self.provider,
         )
 
+    def twin(self) -> Engine:
+        """A second decoder of the same model on the same provider (a guidance stream)."""
+        return Engine(self.model_dir, provider=self.provider, threads=self._threads,
+                      background=self.background)
+
     def close(self) -> None:
         """Wait for any re-encode thread to end (the engine stays usable)."""
         self._drop_roll()

@@ -73,6 +73,7 @@ class Preset:
     # what the machine may play
     register_low: int = 36
     register_high: int = 96
+    register_follow: int = 0  # 0 = the whole range; N = within N semitones of the player
     max_polyphony: int = 4
     max_note_beats: float = 4.0
     key: str = "auto"  # "auto" (follow the call), "off", or e.g. "C major", "D dorian"
@@ -94,6 +95,7 @@ class Preset:
     velocity_offset: int = 0
     velocity_curve: tuple[int, ...] = ()  # output velocities at evenly spaced inputs 0..127
     dynamics: float = 1.0  # 0 = the model's velocities, 1 = the call's level and accents
+    guidance: float = 0.0  # 0 = off; >0 = lean on what the call implies (a second stream)
     swing: float = 0.0  # delay of off-beat eighths, as a fraction of an eighth (0..0.5)
     humanize_ms: float = 0.0
     channel: int = 1  # 1..16, as printed on synths
@@ -139,6 +141,7 @@ _RULES: dict[str, _Rule] = {
     "density": _Rule("float", -1.0, 1.0),
     "register_low": _Rule("int", 21, 108),
     "register_high": _Rule("int", 21, 108),
+    "register_follow": _Rule("int", 0, 48),
     "max_polyphony": _Rule("int", 1, 16),
     "max_note_beats": _Rule("float", 0.125, 32.0),
     "key": _Rule("key"),
@@ -158,6 +161,7 @@ _RULES: dict[str, _Rule] = {
     "velocity_offset": _Rule("int", -126, 126),
     "velocity_curve": _Rule("curve", 1, 127),
     "dynamics": _Rule("float", 0.0, 1.0),
+    "guidance": _Rule("float", 0.0, 4.0),
     "swing": _Rule("float", 0.0, 0.5),
     "humanize_ms": _Rule("float", 0.0, 50.0),
     "channel": _Rule("int", 1, 16),

@@ -125,6 +125,7 @@ class Constraints:
     density: float = 0.0  # + favours NOTE_ON, - favours TIME_SHIFT (logits)
     register_low: int = tk.LOWEST_PITCH
     register_high: int = tk.HIGHEST_PITCH
+    register_follow: int = 0  # 0 = off; N = stay within N semitones of the player's median
     max_polyphony: int = 0
     max_note_ticks: int = 4 * 4 * tk.TICKS_PER_QUARTER
     key: str = "off"
@@ -151,6 +152,8 @@ class Constraints:
                 f"register {self.register_low}..{self.register_high} is not a range inside "
                 f"{tk.LOWEST_PITCH}..{tk.HIGHEST_PITCH}: set register_low <= register_high"
             )
+        if self.register_follow < 0:
+            bad("register_follow must be >= 0 (0 = off)")
         if self.max_polyphony < 0 or self.max_note_ticks < 0:
             bad("max_polyphony and max_note_ticks must be >= 0 (0 = no limit)")
         if self.key.strip().lower() != "auto":
@@ -229,8 +232,6 @@ class Sampler:
         self.constraints = constraints
         if self.recent.maxlen != max(1, constraints.repetition_window):
             self.recent = deque(self.recent, maxlen=max(1, constraints.repetition_window))
-        c = constraints
-        self._in_range = (_PITCHES >= c.register_low) & (_PITCHES <= c.register_high)
         self._key_dirty = True
         self._mask = None
 
@@ -317,6 +318,23 @@ class Sampler:
         parsed = parse_key(self.constraints.key)
         return None if parsed is None else Key(parsed[0], parsed[1], 1.0)
 
+    def register(self) -> tuple[int, int]:
+        """The pitch range in force: the preset's, or the part of it around the player.
+
+        With ``register_follow`` the answer stays near where the player plays (the median
+        of their recent notes); a player outside the preset's range gets its nearest octave.
+        """
+        c = self.constraints
+        lo, hi = c.register_low, c.register_high
+        if not c.register_follow or not self.human_pitches:
+            return lo, hi
+        centre = int(np.median(np.fromiter(self.human_pitches, dtype=np.int64)))
+        span = c.register_follow
+        if min(hi, centre + span) - max(lo, centre - span) < 12:
+            centre = min(max(centre, lo + 6), hi - 6)
+            span = 6
+        return max(lo, centre - span), min(hi, centre + span)
+
     def _refresh_scale(self) -> None:
         c = self.constraints
         in_scale = np.ones(tk.N_PITCHES, dtype=bool)
@@ -324,7 +342,9 @@ class Sampler:
             pcs = np.zeros(12, dtype=bool)
             pcs[list(self._key.pitch_classes())] = True
             in_scale = pcs[_PITCHES % 12]
-        self._note_ok = self._in_range & (in_scale if c.scale_lock else True)
+        lo, hi = self.register()
+        in_range = (_PITCHES >= lo) & (_PITCHES <= hi)
+        self._note_ok = in_range & (in_scale if c.scale_lock else True)
         bias = np.zeros(_V, dtype=np.float64)
         bias[_ON] += c.density
         bias[_TS] -= c.density

@@ -51,6 +51,7 @@ from improv.answer import RESPONSE, Answer, Voice
 from improv.clock import Clock
 from improv.controls import Bindings, Learner
 from improv.dynamics import Dynamics
+from improv.guidance import Guide
 from improv.handover import LINE_SLACK, HandoverPredictor, call_bars, turn_probability
 from improv.knobs import PlayerControls
 from improv.ports import InputQueue
@@ -103,11 +104,15 @@ class Session(PlayerControls):
         on_learned: Callable[[Bindings], object] | None = None,
         ports: tuple[PortView, ...] = (),
         on_state: Callable[[State], object] | None = None,
+        guide_engine=None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.scheduler = scheduler
         self.presets = presets or PresetLibrary()
+        # The unconditioned twin for guidance (presets with guidance > 0): the caller's, or
+        # a second decoder of the same model, made before the set when a preset needs it.
+        self.guide = Guide(guide_engine) if guide_engine is not None else None
         self.options = options or SessionOptions()
         self.recorder = recorder
         self.controls = controls  # CC -> knob bindings and MIDI learn
@@ -147,6 +152,8 @@ class Session(PlayerControls):
         self.discarded = 0  # prepared answers dropped unheard because the player played on
         self._response: Answer | None = None
         self._history = NoteHistory()
+        if self.guide is None and any(p.guidance > 0 for p in (*self.presets, self.preset)):
+            self._make_guide()
         self._snapshot = Snapshot()
         self._snap_time = 0.0
         self._stop = threading.Event()
@@ -454,6 +461,7 @@ class Session(PlayerControls):
             trading=trading,
             dynamics=Dynamics.of_call(self._call_notes, self._call_bar, self.clock.bar_ticks),
         )
+        self._start_guide(start)
         self._set_state(State.THINKING)
         bar = start // self.clock.bar_ticks + 1
         self._say(f"call ended ({why}); answer of {bars} bar(s) from bar {bar}")
@@ -475,6 +483,8 @@ class Session(PlayerControls):
         steps = 0
         while self.encoder.tick < min(horizon, r.end_tick) and steps < 256:
             logits = self._logits
+            if self.guide is not None and self.guide.active:
+                logits = self.guide.mix(logits, self.preset.guidance)
             if not r.first_note:
                 # The answer starts on the planned line: no waiting before its first note.
                 logits = logits.copy()
@@ -487,6 +497,28 @@ class Session(PlayerControls):
             steps += 1
         if self.encoder.tick >= r.end_tick:
             self._finish_response()
+
+    def _make_guide(self) -> None:
+        if hasattr(self.engine, "twin"):
+            self.guide = Guide(self.engine.twin())
+
+    def _start_guide(self, start: int) -> None:
+        if self.preset.guidance <= 0:
+            if self.guide is not None:
+                self.guide.stop()
+            return
+        if self.guide is None:  # a knob turned guidance on mid-set: made once, here
+            self._make_guide()
+            if self.guide is None:
+                return
+        m = self.clock.meter
+        bar_start = self.clock.bar_start(start - self._offset) + self._offset
+        try:
+            self.guide.start(self.preset.style, start, bar_start,
+                             tk.Meter(m.numerator, m.denominator), self.encoder.velocity_bin)
+        except Exception as e:  # an unknown style: answer unguided rather than not at all
+            self.guide.stop()
+            self._say(f"guidance off for this answer: {e}")
 
     def _machine_token(self, tok: int) -> None:
         r = self._response
@@ -518,6 +550,8 @@ class Session(PlayerControls):
         toks += self.encoder.turn()
         self._feed(toks, human=False)
         self._response = None
+        if self.guide is not None:
+            self.guide.stop()
         # A call played under the answer (overlap mode) is heard out like any other.
         self._set_state(State.LISTENING if self._call_start is not None else State.IDLE)
         if self._call_start is None:
@@ -527,6 +561,8 @@ class Session(PlayerControls):
         """The player came in: stop the answer and rewind the context to what was heard."""
         r = self._response
         self._response = None
+        if self.guide is not None:
+            self.guide.stop()
         self.scheduler.cancel(RESPONSE)
         if not r.first_note or tick < r.start_tick:
             # Nothing of the answer sounded: the call simply goes on, as if never ended.
@@ -600,6 +636,8 @@ class Session(PlayerControls):
         self.sampler.observe_all(toks, human=human)
 
     def _step(self, tok: int) -> None:
+        if self.guide is not None:
+            self.guide.step(tok)
         self.encoder.observe(tok)
         self.sampler.observe(tok)
         self._logits = self.engine.step(tok)

@@ -133,3 +133,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def library():
+    """The shipped presets."""
+    from improv.presets import PresetLibrary
+
+    return PresetLibrary()

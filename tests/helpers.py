@@ -1,13 +1,25 @@
-"""What the torch-side tests share: tiny model flags for ``improv train``, random pieces, a
-tiny corpus on disk. (The one-thread fixture they use is in conftest.py.)"""
+"""What tests share: tiny model flags for ``improv train``, random pieces, a tiny corpus on
+disk (the one-thread fixture they use is in conftest.py), and a scripted player on a
+session's bar grid in simulated time."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
+import mido
+
 from improv import dataset
 from improv import tokens as tk
+from improv.clock import Clock
+from improv.presets import apply_overrides
+from improv.session import RESPONSE, Session, SessionOptions
+from improv.simulate import Script, SimScheduler, SimTime, run
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "improv-base"
+Q = tk.TICKS_PER_QUARTER
+BAR = 4 * Q
+BPM = 120.0
 
 
 def tiny_flags(context: int) -> list[str]:
@@ -34,3 +46,46 @@ def write_corpus(out: Path, n_train: int, n_val: int, n_notes: int, seed: int = 
     val = [(f"v{i}", i % 5, random_piece(rng, i % 5, n_notes)) for i in range(n_val)]
     dataset.write_split(out, "val", val)
     return out
+
+
+class Player:
+    """A scripted player on a session's bar grid: notes in ticks from a bar line."""
+
+    def __init__(self, engine, library, preset="folk song", seed=0, **overrides):
+        self.sim = SimTime()
+        self.clock = Clock(BPM, time_fn=self.sim)
+        self.sched = SimScheduler(self.sim)
+        p = apply_overrides(library.get(preset), humanize_ms=0.0, swing=0.0, **overrides)
+        self.session = Session(engine, self.clock, self.sched, library, p,
+                               options=SessionOptions(seed=seed))
+        self.session.start(thread=False)
+        # The first bar line after the stream's start: tick 0 of the script.
+        self.origin = self.clock.next_bar(self.clock.now_tick() + 1)
+        self.events: list[tuple[float, mido.Message]] = []
+
+    def seconds(self, tick: float) -> float:
+        return self.clock.tick_to_time(self.origin + tick) - self.sim.t
+
+    def note(self, start: int, end: int, pitch: int, velocity: int = 80) -> Player:
+        self.events.append((self.seconds(start), mido.Message("note_on", note=pitch,
+                                                               velocity=velocity)))
+        self.events.append((self.seconds(end), mido.Message("note_off", note=pitch)))
+        return self
+
+    def phrase(self, start: int, pitches, step: int = Q, gap: int = 2, velocity=80) -> Player:
+        for i, p in enumerate(pitches):
+            self.note(start + i * step, start + (i + 1) * step - gap, p, velocity)
+        return self
+
+    def play(self, bars_after: int = 6) -> Player:
+        last = max(t for t, _ in self.events)
+        run(self.session, self.sim, self.sched,
+            Script(list(self.events), stop_at=last + self.seconds(bars_after * BAR)
+                   - self.seconds(0)))
+        return self
+
+    def machine_ons(self) -> list[tuple[float, int]]:
+        """(tick from the script's origin, velocity) of every machine note-on that sounded."""
+        return [(self.clock.time_to_tick(x.t) - self.origin, x.msg.velocity)
+                for x in self.sched.log
+                if x.tag == RESPONSE and x.msg.type == "note_on" and x.msg.velocity > 0]

@@ -8,77 +8,18 @@ the evidence, the shipped model judges.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mido
 import pytest
+from helpers import BAR, SHIPPED, Player, Q
 
-from improv.clock import Clock
-from improv.dynamics import Dynamics
 from improv.engine import Engine
 from improv.handover import HandoverPredictor, call_bars, turn_probability
-from improv.presets import PresetLibrary, apply_overrides
-from improv.session import RESPONSE, Session, SessionOptions
-from improv.simulate import Script, SimScheduler, SimTime, run
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "improv-base"
-Q = 24  # ticks per quarter
-BAR = 4 * Q
-BPM = 120.0
 TICK_TOL = 0.05  # simulated time steps at least 0.1 ms: a send may land that much late
-
-
-@pytest.fixture(scope="module")
-def library() -> PresetLibrary:
-    return PresetLibrary()
 
 
 @pytest.fixture(scope="module")
 def shipped_engine() -> Engine:
     return Engine(SHIPPED, provider="cpu", background=False)
-
-
-class Player:
-    """A scripted player on a session's bar grid: notes in ticks from a bar line."""
-
-    def __init__(self, engine, library, preset="folk song", seed=0, **overrides):
-        self.sim = SimTime()
-        self.clock = Clock(BPM, time_fn=self.sim)
-        self.sched = SimScheduler(self.sim)
-        p = apply_overrides(library.get(preset), humanize_ms=0.0, swing=0.0, **overrides)
-        self.session = Session(engine, self.clock, self.sched, library, p,
-                               options=SessionOptions(seed=seed))
-        self.session.start(thread=False)
-        # The first bar line after the stream's start: tick 0 of the script.
-        self.origin = self.clock.next_bar(self.clock.now_tick() + 1)
-        self.events: list[tuple[float, mido.Message]] = []
-
-    def seconds(self, tick: float) -> float:
-        return self.clock.tick_to_time(self.origin + tick) - self.sim.t
-
-    def note(self, start: int, end: int, pitch: int, velocity: int = 80) -> Player:
-        self.events.append((self.seconds(start), mido.Message("note_on", note=pitch,
-                                                               velocity=velocity)))
-        self.events.append((self.seconds(end), mido.Message("note_off", note=pitch)))
-        return self
-
-    def phrase(self, start: int, pitches, step: int = Q, gap: int = 2, velocity=80) -> Player:
-        for i, p in enumerate(pitches):
-            self.note(start + i * step, start + (i + 1) * step - gap, p, velocity)
-        return self
-
-    def play(self, bars_after: int = 6) -> Player:
-        last = max(t for t, _ in self.events)
-        run(self.session, self.sim, self.sched,
-            Script(list(self.events), stop_at=last + self.seconds(bars_after * BAR)
-                   - self.seconds(0)))
-        return self
-
-    def machine_ons(self) -> list[tuple[float, int]]:
-        """(tick from the script's origin, velocity) of every machine note-on that sounded."""
-        return [(self.clock.time_to_tick(x.t) - self.origin, x.msg.velocity)
-                for x in self.sched.log
-                if x.tag == RESPONSE and x.msg.type == "note_on" and x.msg.velocity > 0]
 
 
 # --- trading -------------------------------------------------------------------------------
@@ -229,30 +170,3 @@ def test_turn_probability_is_a_softmax_entry():
     assert turn_probability(x) == pytest.approx(0.5)
     x[1] = -np.inf
     assert turn_probability(x) == 0.0
-
-
-# --- dynamics --------------------------------------------------------------------------------
-
-
-def test_louder_call_louder_answer(tiny_model_dir, library):
-    def mean_answer_velocity(v):
-        pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
-                    call_bars=2, velocity_curve=[], velocity_scale=1.0, velocity_offset=0)
-        pl.phrase(0, [60, 62, 64, 65, 67, 65, 64, 62], velocity=v)
-        pl.play()
-        vs = [vel for _, vel in pl.machine_ons()]
-        assert vs
-        return sum(vs) / len(vs)
-
-    soft, loud = mean_answer_velocity(30), mean_answer_velocity(115)
-    assert loud - soft > 50
-
-
-def test_dynamics_carry_the_calls_accents():
-    notes = [(t, 110 if t % BAR == 0 else 60) for t in range(0, 2 * BAR, Q)]
-    d = Dynamics.of_call(notes, 0, BAR)
-    assert d.level == pytest.approx(72.5)
-    down, off = d.velocity(4 * BAR, 80), d.velocity(4 * BAR + Q, 80)
-    assert down > d.level > off
-    assert d.velocity(4 * BAR, 80, amount=0.0) == 80
-    assert Dynamics().velocity(0, 64) == 64  # nothing heard: the model's velocity stands

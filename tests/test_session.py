@@ -12,16 +12,11 @@ import pytest
 from improv import tokens as tk
 from improv.clock import Clock
 from improv.engine import Engine
-from improv.presets import PresetLibrary, apply_overrides
+from improv.presets import apply_overrides
 from improv.scheduler import Scheduler
 from improv.session import RESPONSE, Session, SessionOptions
 from improv.session_api import NudgeKnob, SelectPreset, State
 from improv.simulate import Script, SimScheduler, SimTime, random_script, run
-
-
-@pytest.fixture(scope="module")
-def library() -> PresetLibrary:
-    return PresetLibrary()
 
 
 def make_session(model_dir, library, preset=1, bpm=160.0, seed=0, **overrides):

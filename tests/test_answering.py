@@ -1,0 +1,100 @@
+"""What the answer takes from the call: dynamics, register, and guidance towards the call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import BAR, Player, Q
+
+from improv import tokens as tk
+from improv.dynamics import Dynamics
+from improv.engine import Engine
+from improv.guidance import Guide, log_softmax
+from improv.sampler import Constraints, Sampler
+
+# --- dynamics --------------------------------------------------------------------------------
+
+
+def test_louder_call_louder_answer(tiny_model_dir, library):
+    def mean_answer_velocity(v):
+        pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                    call_bars=2, velocity_curve=[], velocity_scale=1.0, velocity_offset=0)
+        pl.phrase(0, [60, 62, 64, 65, 67, 65, 64, 62], velocity=v)
+        pl.play()
+        vs = [vel for _, vel in pl.machine_ons()]
+        assert vs
+        return sum(vs) / len(vs)
+
+    soft, loud = mean_answer_velocity(30), mean_answer_velocity(115)
+    assert loud - soft > 50
+
+
+def test_dynamics_carry_the_calls_accents():
+    notes = [(t, 110 if t % BAR == 0 else 60) for t in range(0, 2 * BAR, Q)]
+    d = Dynamics.of_call(notes, 0, BAR)
+    assert d.level == pytest.approx(72.5)
+    down, off = d.velocity(4 * BAR, 80), d.velocity(4 * BAR + Q, 80)
+    assert down > d.level > off
+    assert d.velocity(4 * BAR, 80, amount=0.0) == 80
+    assert Dynamics().velocity(0, 64) == 64  # nothing heard: the model's velocity stands
+
+
+# --- register --------------------------------------------------------------------------------
+
+
+def _sampler_after(pitches, **constraints) -> Sampler:
+    s = Sampler(Constraints(**constraints), seed=0)
+    s.observe(tk.BAR)
+    for p in pitches:
+        s.observe(tk.note_on_token(p), human=True)
+        s.observe(tk.note_off_token(p), human=True)
+    return s
+
+
+def test_register_follows_the_player():
+    s = _sampler_after([72, 74, 76], register_low=36, register_high=96, register_follow=7)
+    assert s.register() == (67, 81)
+    s.observe(tk.velocity_token(8))
+    on = np.flatnonzero(s.allowed()[tk.NOTE_ON_BASE: tk.NOTE_OFF_BASE]) + tk.LOWEST_PITCH
+    assert on.min() == 67 and on.max() == 81
+    off = _sampler_after([72, 74, 76], register_low=36, register_high=96)
+    assert off.register() == (36, 96)
+
+
+def test_a_player_outside_the_range_gets_its_nearest_octave():
+    s = _sampler_after([38, 40, 43], register_low=55, register_high=88, register_follow=9)
+    assert s.register() == (55, 67)
+
+
+# --- guidance --------------------------------------------------------------------------------
+
+
+def test_guidance_mix_pushes_along_the_difference():
+    g = Guide(engine=None)
+    cond = np.log(np.array([0.5, 0.3, 0.2]))
+    g.logits = cond.copy()
+    np.testing.assert_allclose(g.mix(cond, 2.0), log_softmax(cond))  # nothing to push along
+    g.logits = np.log(np.array([0.2, 0.3, 0.5]))  # without the call, the third is likelier
+    out = g.mix(cond, 1.0)
+    assert np.argmax(out) == 0 and out[0] - out[2] > cond[0] - cond[2]
+    assert g.mix(cond, 0.0) is cond
+    masked = cond.copy()
+    masked[1] = -np.inf
+    assert g.mix(masked, 1.0)[1] == -np.inf  # a token the grammar forbids stays forbidden
+
+
+def test_the_guide_stream_holds_the_answer_but_not_the_call(tiny_model_dir, library):
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                call_bars=1, guidance=1.5)
+    pl.phrase(0, [60, 62, 64, 65])
+    pl.play(bars_after=3)
+    s = pl.session
+    assert s.responses and s.guide is not None
+    ctx = s.guide.engine.context_tokens
+    assert tk.note_on_token(60) not in ctx  # the call is not in it
+    # STYLE, BAR, VELOCITY, then every answer token, in step with the main stream
+    assert ctx[1] == tk.BAR and tk.is_velocity(ctx[2])
+    answer, main = ctx[3:], s.engine.context_tokens
+    assert len(answer) > 4 and any(tk.is_note_on(t) for t in answer)
+    starts = [i for i in range(len(main)) if main[i : i + len(answer)] == answer]
+    assert starts, "the guide's answer tokens are not the answer the session played"

@@ -33,6 +33,8 @@ import torch
 from improv import tokens as tk
 from improv.baseline import BaselineError, NGramModel
 from improv.dataset import DataError, Split, default_corpus_dir, load_split
+from improv.eval_conversation import add_arguments as add_conversation_arguments
+from improv.eval_conversation import run_cli as run_conversation
 from improv.eval_musical import (
     MEMO_N,
     NAMES,
@@ -333,8 +335,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--min-tokens", type=int, default=MIN_GATE_TOKENS,
                     help="styles with fewer val tokens are not gated")
     ap.add_argument("--gate", action="store_true", help="exit 1 when a style fails the gate")
+    add_conversation_arguments(ap)
     args = ap.parse_args(argv)
     prog = prog or "improv eval"
+    if args.conversation:
+        return run_conversation(args, prog)
     try:
         if args.order < 1 or args.prompts < 0 or args.gen_tokens < 1 or not 0 < args.top_p <= 1:
             raise EvalError("use --order >= 1, --prompts >= 0, --gen-tokens >= 1, 0 < --top-p <= 1")

@@ -19,8 +19,8 @@ Similarities of one call and one answer:
 * register: distance in semitones between the median pitches.
 
 Each is reported as MATCHED minus MISMATCHED over a set of pairs (:func:`responsiveness`),
-within groups of like pairs (same style, same bar length), so a responder that ignores
-the call scores about 0 whatever its style. Per answer set
+within groups of like pairs (same style, same bar length, never the same piece), so a
+responder that ignores the call scores about 0 whatever its style. Per answer set
 (:func:`answer_figures`): in-key share, density ratio, copy share, degeneracy, notes per
 answer and the share of empty answers.
 """
@@ -183,7 +183,8 @@ SIMILARITIES: dict[str, Callable[[Phrase, Phrase], float | None]] = {
 
 def responsiveness(calls: Sequence[Phrase], answers: Sequence[Phrase],
                    sim: Callable[[Phrase, Phrase], float | None],
-                   groups: Sequence[object] | None = None, *, distance: bool = False) -> dict:
+                   groups: Sequence[object] | None = None, *, distance: bool = False,
+                   sources: Sequence[object] | None = None) -> dict:
     """Matched minus mismatched: how much more an answer resembles its own call than others'.
 
     For each call i: its own answer's similarity minus the mean similarity of the other
@@ -191,7 +192,10 @@ def responsiveness(calls: Sequence[Phrase], answers: Sequence[Phrase],
     j runs over i's group only: the truth of a chorale call is then compared with other
     chorales, so sharing a style (or a meter the clock imposes) is not taken for
     answering; a call alone in its group has nothing to be compared with and is left out
-    (falling back to all pairs would bring that bias back). A None similarity (a call with
+    (falling back to all pairs would bring that bias back). Where ``sources`` are given
+    (the piece each call comes from), j never shares i's source: two phrases of one piece
+    share key, register and motifs that the answer did not take from this call. A None
+    similarity (a call with
     no motif, a silent answer for register) leaves that term out, and a call with no valid
     own or other term is left out. The figure is the mean of the per-call differences
     (``se`` its standard error, ``calls`` how many count). With ``distance`` (register),
@@ -201,13 +205,14 @@ def responsiveness(calls: Sequence[Phrase], answers: Sequence[Phrase],
     if len(answers) != n:
         raise ValueError(f"{n} calls but {len(answers)} answers")
     labels = list(groups) if groups is not None else [None] * n
+    origin = list(sources) if sources is not None else list(range(n))
     diffs, matched, mismatched = [], [], []
     for i in range(n):
         own = sim(calls[i], answers[i])
         if own is None:
             continue
         others = [s for j in range(n) if j != i and labels[j] == labels[i]
-                  and (s := sim(calls[i], answers[j])) is not None]
+                  and origin[j] != origin[i] and (s := sim(calls[i], answers[j])) is not None]
         if not others:
             continue
         m = float(np.mean(others))
@@ -225,10 +230,12 @@ def responsiveness(calls: Sequence[Phrase], answers: Sequence[Phrase],
 
 
 def all_responsiveness(calls: Sequence[Phrase], answers: Sequence[Phrase],
-                       groups: Sequence[object] | None = None) -> dict[str, dict]:
+                       groups: Sequence[object] | None = None,
+                       sources: Sequence[object] | None = None) -> dict[str, dict]:
     """The four figures, each matched minus mismatched (register as a distance)."""
     return {name: responsiveness(calls, answers, SIMILARITIES[name], groups,
-                                 distance=name == "register") for name in FIGURES}
+                                 distance=name == "register", sources=sources)
+            for name in FIGURES}
 
 
 # --- figures of an answer set ----------------------------------------------------------------

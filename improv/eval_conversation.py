@@ -21,7 +21,9 @@ library's first, as ``improv jam`` picks it), and the truth. Each figure of
 :mod:`improv.conversation` is matched minus mismatched within a group of pairs of one style
 and one bar length: the truth of a chorale call is compared with other chorales' truths, so
 sharing a style is not taken for answering, and an answer played on a 3/4 clock is not
-credited for sounding like a 3/4 call. A pair alone in its group is left out of these four.
+credited for sounding like a 3/4 call; never with a pair of its own piece, which shares
+key, register and motifs with the call whatever the answer does. A pair with no such
+other pair is left out of these four.
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mido
 import numpy as np
 
 from improv import tokens as tk
+from improv.baseline import BaselineError
 from improv.clock import Clock
 from improv.conversation import FIGURES, Phrase, all_responsiveness, answer_figures
 from improv.conversation_pairs import Pair, Window, choose_pairs, choose_windows
-from improv.presets import Preset, PresetLibrary, apply_overrides, parse_overrides
+from improv.dataset import DataError, default_corpus_dir, load_split
+from improv.engine import Engine, ModelError
+from improv.presets import Preset, PresetError, PresetLibrary, apply_overrides, parse_overrides
 from improv.session import RESPONSE, Session, SessionOptions
 from improv.simulate import Script, SimScheduler, SimTime, run
 
@@ -62,7 +67,6 @@ class Answered:
     early: int = 0  # machine notes that sounded before the call's last note-off
     responses: int = 0
     length: int | None = None  # the answer's planned length in ticks, where the session says
-    extra: dict = field(default_factory=dict)
 
 
 def call_script(notes: Sequence[tk.Note], origin: int, clock: Clock, line: int,
@@ -217,8 +221,9 @@ def responder_figures(pairs: Sequence[Pair], answers: Sequence[Answered]) -> dic
     calls = [call_phrase(p) for p in pairs]
     phrases = [answer_phrase(p, a) for p, a in both]
     # Like with like: the clock imposes the call's meter on any answer, so a pair is compared
-    # with other pairs of its style and bar length only.
-    resp = all_responsiveness(calls, phrases, [(p.style, p.bar_ticks) for p in pairs])
+    # with other pairs of its style and bar length only, and never of its own piece.
+    resp = all_responsiveness(calls, phrases, [(p.style, p.bar_ticks) for p in pairs],
+                              [p.piece for p in pairs])
     out: dict = {f: resp[f]["value"] for f in FIGURES}
     out["responsiveness"] = resp
     call_q = [p.bars * p.bar_ticks / tk.TICKS_PER_QUARTER for p in pairs]
@@ -256,11 +261,12 @@ def choose_presets(library: PresetLibrary, which: str, overrides: dict) -> list[
     swing (timing must stay on the grid the answer was generated on)."""
     names = library.names() if which.strip() in ("", "all") else \
         [w.strip() for w in which.split(",") if w.strip()]
-    chosen = []
-    for name in names:
-        p = library.by_number(int(name)) if name.isdigit() else library.get(name)
-        chosen.append(apply_overrides(p, **{**overrides, "humanize_ms": 0.0, "swing": 0.0}))
-    return chosen
+    return [measured(library.by_number(int(n)) if n.isdigit() else library.get(n), overrides)
+            for n in names]
+
+
+def measured(preset: Preset, overrides: dict) -> Preset:
+    return apply_overrides(preset, **{**overrides, "humanize_ms": 0.0, "swing": 0.0})
 
 
 def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
@@ -269,16 +275,13 @@ def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
                           ngram: bool = True, articulation: float = 1.0,
                           log: Callable[[str], object] = print) -> dict:
     """Every number of ``improv eval --conversation`` as a JSON-ready dict."""
-    from improv.dataset import default_corpus_dir, load_split
-    from improv.engine import Engine
-
     t_all = time.perf_counter()
     corpus_dir = Path(corpus_dir) if corpus_dir else default_corpus_dir()
     val = load_split(corpus_dir, "val")
     engine = Engine(model_dir, provider="cpu", background=False)
     library = PresetLibrary()
     chosen = choose_presets(library, presets, overrides or {})
-    default = choose_presets(library, library.names()[0], overrides or {})[0]
+    default = measured(next(iter(library)), overrides or {})  # improv jam's default
     names = style_names(engine.styles, corpus_dir)
     pieces = [val.piece(i).astype(np.int64) for i in range(len(val))]
     labels = [names.get(int(k), f"style{int(k)}") for k in val.styles]
@@ -291,7 +294,7 @@ def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
     answers: dict[str, list[Answered]] = {}
     elapsed: dict[str, float] = {}
     responders: list[tuple[str, object, Preset]] = [(p.name, engine, p) for p in chosen]
-    if ngram:
+    if ngram:  # improv.evaluate holds the cached n-gram (and imports this module)
         from improv.evaluate import fit_or_load_ngram
         from improv.ngram_engine import NGramEngine
 
@@ -327,7 +330,9 @@ def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
         "false_handovers": false,
         "elapsed_s": {**elapsed, "total": round(time.perf_counter() - t_all, 2)},
         "answers": [{"piece": p.piece, "style": p.style, "origin": p.origin,
-                     "handover": p.handover, "bars": p.bars, "call_notes": len(p.call),
+                     "call_end": p.call_end, "handover": p.handover, "bars": p.bars,
+                     "bar_ticks": p.bar_ticks, "call_notes": len(p.call),
+                     # per responder: [first note, planned start, notes during the call, notes]
                      **{name: [a[i].first, a[i].planned, a[i].early, len(a[i].notes)]
                         for name, a in answers.items()}}
                     for i, p in enumerate(pairs)],
@@ -356,11 +361,11 @@ def bar_failures(row: dict, truth: dict) -> list[str]:
     for f in FIGURES:
         want = truth[f] / 2 if truth[f] is not None else None
         if want is not None and (row[f] is None or row[f] < want):
-            out.append(f"{f} {_num(row[f])} < {want:.2f}")
+            out.append(f"{f} {_num(row[f], '.3f')} < {want:.3f}")
     if row["in_key"] is None or row["in_key"] < 0.9:
-        out.append(f"in-key {_num(row['in_key'])} < 0.90")
+        out.append(f"in-key {_num(row['in_key'], '.3f')} < 0.900")
     if truth["copy_share"] is not None and (row["copy_share"] or 0) > truth["copy_share"] + 0.15:
-        out.append(f"copy {_num(row['copy_share'])} > {truth['copy_share'] + 0.15:.2f}")
+        out.append(f"copy {_num(row['copy_share'], '.3f')} > {truth['copy_share'] + 0.15:.3f}")
     return out
 
 
@@ -431,7 +436,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--bpm", type=float, default=None, help="tempo (default: preset or 120)")
     g.add_argument("--articulation", type=float, default=1.0,
                    help="the player holds each note for this share of its written length "
-                        "(default 1: as written, a phrase's last note to the bar line)")
+                        "(default 1: as written, a phrase's last note to the bar line; less "
+                        "puts the player's releases off the grid, as a real player's are)")
     g.add_argument("--no-ngram", action="store_true", help="leave the n-gram row out")
     g.add_argument("--bar", action="store_true",
                    help="check the issue's bar per preset; exit 1 when it is not met")
@@ -439,11 +445,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace, prog: str) -> int:
     """``improv eval --conversation``: the table, the JSON, the bar."""
-    from improv.baseline import BaselineError
-    from improv.dataset import DataError
-    from improv.engine import ModelError
-    from improv.presets import PresetError
-
     t0 = time.perf_counter()
     try:
         if args.calls < 1 or args.windows < 0 or not 0 < args.articulation <= 1:

@@ -116,6 +116,19 @@ def test_mismatched_stays_within_a_style_group():
     alone = responsiveness(calls, answers, lambda c, a: abs(c.median - a.median),
                            [*groups[:-1], "only"], distance=True)
     assert alone["calls"] == within["calls"] - 1
+    # Never compared with a phrase of its own piece (``sources``).
+    seen: list[tuple[int, int]] = []
+    ids = {id(x): k for k, x in enumerate(calls + answers)}
+
+    def spy(c, a):
+        seen.append((ids[id(c)], ids[id(a)] - len(calls)))
+        return 0.0
+
+    piece = [k // 3 for k in range(len(calls))]
+    res = responsiveness(calls, answers, spy, sources=piece)
+    assert res["calls"] == len(calls)
+    assert all(i == j or piece[i] != piece[j] for i, j in seen)
+    assert len(seen) == len(calls) * (len(calls) - 2)  # itself + all but its 2 siblings
 
 
 def test_rhythm_places_onsets_in_the_bar():
@@ -310,7 +323,7 @@ def turn_corpus(tmp_path_factory):
     rng = random.Random(11)
     out = tmp_path_factory.mktemp("turn-corpus")
     train = [(f"p{k}", k % 5, turn_piece(rng, k % 5, 12)) for k in range(10)]
-    val = [(f"v{k}", k % 5, turn_piece(rng, k % 5, 12)) for k in range(5)]
+    val = [(f"v{k}", k % 5, turn_piece(rng, k % 5, 12)) for k in range(10)]
     dataset.write_split(out, "train", train)
     dataset.write_split(out, "val", val)
     return out

@@ -51,6 +51,7 @@ from improv.session import RESPONSE, Session, SessionOptions
 from improv.simulate import Script, SimScheduler, SimTime, run
 
 DEFAULT_BPM = 120.0
+ON_TIME_TICKS = 3  # a 32nd: how late a first note may be and still be on the line
 TRUTH, NGRAM = "truth", "n-gram"
 
 
@@ -230,8 +231,12 @@ def responder_figures(pairs: Sequence[Pair], answers: Sequence[Answered]) -> dic
     out.update(answer_figures(calls, phrases, call_q, [answer_quarters(p, a) for p, a in both]))
     n, beat = len(both), tk.TICKS_PER_QUARTER
     offsets = [(a.first - p.handover) / beat for p, a in both if a.first is not None]
-    # On time: the first note on the bar line right after the call's last note-off.
-    out["on_time"] = sum(a.first == p.handover for p, a in both) / n if n else None
+    # On time: the first note on the bar line right after the call's last note-off, or up
+    # to a 32nd after it: a phrase held to the line is only known to be over at the line,
+    # and the session answers a moment after the release (handover.GRACE_TICKS).
+    out["on_time"] = sum(a.first is not None and 0 <= a.first - p.handover <= ON_TIME_TICKS
+                         for p, a in both) / n if n else None
+    out["exactly_on_line"] = sum(a.first == p.handover for p, a in both) / n if n else None
     out["offset_beats"] = float(np.median(offsets)) if offsets else None
     if any(a.planned is not None or a.responses for a in answers):  # answered by a session
         out["planned_on_time"] = sum(a.planned == p.handover for p, a in both) / n

@@ -33,6 +33,9 @@ from improv import tokens as tk
 # A human release or first note a little off the line still belongs to it (ticks; a 32nd
 # is 3 ticks, about 30 ms at 120 BPM).
 LINE_SLACK = 4
+# How long after the player lets go the hand-over is judged: a legato player's next note
+# can follow its note-off by a few ms (ticks; 2 is about 20 ms at 120 BPM).
+GRACE_TICKS = 2
 # Phrase lengths before this set has shown its own, as a prior over bars (renormalised).
 BASE_LENGTHS = {1: 0.12, 2: 0.30, 3: 0.04, 4: 0.34, 5: 0.01, 6: 0.03, 7: 0.01, 8: 0.15}
 REMEMBERED_CALLS = 8

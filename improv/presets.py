@@ -74,6 +74,7 @@ class Preset:
     register_low: int = 36
     register_high: int = 96
     register_follow: int = 0  # 0 = the whole range; N = within N semitones of the player
+    echo: float = 0.0  # 0 = off; how strongly the answer takes up the call's melodic shapes
     max_polyphony: int = 4
     max_note_beats: float = 4.0
     key: str = "auto"  # "auto" (follow the call), "off", or e.g. "C major", "D dorian"
@@ -84,6 +85,7 @@ class Preset:
     call_bars: int = 0  # 0 = the call ends when the player does; N = trading N-bar phrases
     predict_handover: bool = True  # answer on the line a phrase ends on, not after silence
     handover_threshold: float = 0.1  # how sure the phrase-end evidence must be (0..1)
+    quantize: bool = True  # the player's notes on the sixteenth/triplet grid the model knows
     silence_beats: float = 2.0  # the call ends after this much silence with all keys up
     max_call_bars: int = 8
     response_start: str = "bar"  # "beat" | "bar": where the response may start
@@ -142,6 +144,7 @@ _RULES: dict[str, _Rule] = {
     "register_low": _Rule("int", 21, 108),
     "register_high": _Rule("int", 21, 108),
     "register_follow": _Rule("int", 0, 48),
+    "echo": _Rule("float", 0.0, 8.0),
     "max_polyphony": _Rule("int", 1, 16),
     "max_note_beats": _Rule("float", 0.125, 32.0),
     "key": _Rule("key"),
@@ -151,6 +154,7 @@ _RULES: dict[str, _Rule] = {
     "call_bars": _Rule("int", 0, 16),
     "predict_handover": _Rule("bool"),
     "handover_threshold": _Rule("float", 0.0, 1.0),
+    "quantize": _Rule("bool"),
     "silence_beats": _Rule("float", 0.25, 16.0),
     "max_call_bars": _Rule("int", 1, 64),
     "response_start": _Rule("choice", choices=("beat", "bar")),

@@ -46,6 +46,7 @@ import numpy as np
 from improv import keys
 from improv import tokens as tk
 from improv.keys import KK_MAJOR, KK_MINOR, NOTE_NAMES
+from improv.motifs import MotifMemory
 
 
 def _profile_matrix() -> np.ndarray:
@@ -126,6 +127,7 @@ class Constraints:
     register_low: int = tk.LOWEST_PITCH
     register_high: int = tk.HIGHEST_PITCH
     register_follow: int = 0  # 0 = off; N = stay within N semitones of the player's median
+    echo: float = 0.0  # logits towards continuing the call's melodic shapes (0 = off)
     max_polyphony: int = 0
     max_note_ticks: int = 4 * 4 * tk.TICKS_PER_QUARTER
     key: str = "off"
@@ -213,6 +215,7 @@ class Sampler:
         self.velocity_pending = False
         self.recent: deque[int] = deque(maxlen=max(1, self.constraints.repetition_window))
         self.human_pitches: deque[int] = deque(maxlen=32)
+        self.motifs = MotifMemory()
         self._key_dirty = True
         self._mask: np.ndarray | None = None
 
@@ -288,6 +291,9 @@ class Sampler:
             else:
                 self.machine[p] = self.tick
                 self.recent.append(tok)
+            self.motifs.observe(p, self.tick, human)
+        elif tok == tk.TURN:
+            self.motifs.turn()
         elif tk.is_note_off(tok):
             p = tk.token_pitch(tok)
             self.machine.pop(p, None)
@@ -369,6 +375,9 @@ class Sampler:
             return ok
         held = [p - tk.LOWEST_PITCH for p in (*self.machine, *self.human)]
         ok[held] = False
+        stuck = self.motifs.repeated()
+        if stuck is not None:
+            ok[stuck - tk.LOWEST_PITCH] = False
         return ok
 
     def allowed(self) -> np.ndarray:
@@ -443,6 +452,11 @@ class Sampler:
             rep = np.unique(np.fromiter(self.recent, dtype=np.int64))
             v = x[rep]
             x[rep] = np.where(v > 0, v / c.repetition_penalty, v * c.repetition_penalty)
+        if c.echo > 0:
+            w = self.motifs.bias()
+            if w is not None:
+                x = x.copy()  # never the caller's array
+                x[_ON] += c.echo * w
         z = x[idx]
         z = np.nan_to_num(z, nan=-np.inf, posinf=_POSINF, neginf=-np.inf) + self._bias[idx]
         top = z.max()

@@ -52,10 +52,17 @@ from improv.clock import Clock
 from improv.controls import Bindings, Learner
 from improv.dynamics import Dynamics
 from improv.guidance import Guide
-from improv.handover import LINE_SLACK, HandoverPredictor, call_bars, turn_probability
+from improv.handover import (
+    GRACE_TICKS,
+    LINE_SLACK,
+    HandoverPredictor,
+    call_bars,
+    turn_probability,
+)
 from improv.knobs import PlayerControls
 from improv.ports import InputQueue
 from improv.presets import Preset, PresetLibrary
+from improv.quantize import SIXTEENTH, quantize_tick
 from improv.sampler import Constraints, Sampler
 from improv.scheduler import Scheduler
 from improv.session_api import (
@@ -148,6 +155,9 @@ class Session(PlayerControls):
         self._release: tuple[tk.StreamEncoder, int, list[int], int] | None = None
         self._judged: int | None = None  # the line the predictor last judged
         self._closed: set[int] = set()  # keys held at a hand-over, closed in the stream already
+        self._on_ticks: dict[int, int] = {}  # key -> its quantized note-on tick
+        self._heard = False  # any note of the player's yet
+        self._release_time = 0.0  # when (seconds) the keys last all came up
         self.handover = HandoverPredictor()
         self.discarded = 0  # prepared answers dropped unheard because the player played on
         self._response: Answer | None = None
@@ -278,6 +288,8 @@ class Session(PlayerControls):
     def _human_note(self, pitch: int, velocity: int, t: float) -> None:
         tick = max(self.clock.nearest_tick(t) + self._offset, 0)
         self._record_human(pitch, velocity, t, tick)
+        if self.preset.quantize:
+            tick = self._quantize(tick, pitch, velocity)
         r = self._response
         if velocity > 0 and r is not None:
             if tick < r.start_tick and r.trading:
@@ -294,6 +306,12 @@ class Session(PlayerControls):
         self._closed.discard(pitch)
         if velocity > 0:
             if self._call_start is None:  # a new call (in overlap mode: under the answer)
+                if not self._heard:
+                    # The set's first note: the stream begins on its bar line, as a piece in
+                    # the corpus does, not after however many empty bars the set opened with
+                    # (they blur the model's sense of where phrases end).
+                    self._heard = True
+                    self._start_stream(self._bar_line_of(tick))
                 self._call_start = tick
                 self._call_bar = self._bar_line_of(tick)
                 self._call_notes = []
@@ -315,11 +333,21 @@ class Session(PlayerControls):
         self._feed(toks, human=True)
         if velocity == 0 and not self._keys_down:
             self._released, self._judged = tick, None  # a new release: judge its line afresh
+            self._release_time = t
             self._turn_p = turn_probability(self._logits)
             self._release = (before, pitch, toks, self._fed) if before is not None else None
         elif velocity > 0:
             self._released = None
         self.ingest_ms.append((self.clock.time_fn() - t) * 1000.0)
+
+    def _quantize(self, tick: int, pitch: int, velocity: int) -> int:
+        """The event on the grid; a note keeps at least a sixteenth (no zero-length notes)."""
+        q = quantize_tick(tick, self.clock.bar_start(tick - self._offset) + self._offset)
+        if velocity > 0:
+            self._on_ticks[pitch] = q
+        else:
+            q = max(q, self._on_ticks.pop(pitch, q - SIXTEENTH) + SIXTEENTH)
+        return q
 
     def _record_human(self, pitch: int, velocity: int, t: float, tick: int) -> None:
         self._view("human", pitch, velocity, tick)
@@ -365,16 +393,24 @@ class Session(PlayerControls):
             self._end_call("max length")
 
     def _predict(self, now_tick: float) -> bool:
-        """Answer on the coming line if the player let go near it and the phrase seems over."""
+        """Answer on the line the player let go at (or just before) if the phrase seems over.
+
+        Judged a moment after the release (a legato player's next note may follow its
+        note-off by a few ms), and no earlier than the line's last beat. A phrase held to
+        the line is answered on it, a few ms after the release; one let go earlier is
+        answered exactly on it, and discarded unheard if the player goes on before it.
+        """
         if self._keys_down or self._released is None:
             return False
-        line = self._handover_line(self._released)
+        line = self._handover_line(self._released - LINE_SLACK)
         near = self.clock.bar_ticks // 2 if self.preset.response_start == "bar" \
             else self.clock.beat_ticks
         if line == self._judged or self._released < line - near:
             return False
-        # Judge during the line's last beat, early enough to generate before it sounds.
-        if now_tick < line - self.clock.beat_ticks or now_tick > line - self._lead_ticks():
+        grace = GRACE_TICKS * self.clock.seconds_per_tick
+        if self.clock.time_fn() < self._release_time + grace:
+            return False
+        if now_tick < line - self.clock.beat_ticks or now_tick > line + LINE_SLACK + GRACE_TICKS:
             return False
         self._judged = line
         bars = call_bars(self._call_bar, line, self.clock.bar_ticks)
@@ -393,7 +429,7 @@ class Session(PlayerControls):
         which leaves the stream as it was), as a listener hears a phrase end.
         """
         rel = self._release
-        if rel is None or rel[3] != self._fed:
+        if rel is None or rel[3] != self._fed or self._released >= line:
             return self._turn_p
         before, pitch, toks, _ = rel
         probe = copy.deepcopy(before).note_off(line, pitch)
@@ -405,10 +441,10 @@ class Session(PlayerControls):
         self._logits = logits
         return max(p, self._turn_p)
 
-    def _handover_line(self, tick: int) -> int:
-        """The first bar line (or beat, with ``response_start = "beat"``) after ``tick``."""
+    def _handover_line(self, tick: float) -> int:
+        """The first bar line (or beat, with ``response_start = "beat"``) at or after ``tick``."""
         line = self.clock.next_bar if self.preset.response_start == "bar" else self.clock.next_beat
-        return line(tick + 1 - self._offset) + self._offset
+        return line(tick - self._offset) + self._offset
 
     def _bar_line_of(self, tick: int) -> int:
         """The bar line on or before a first note (one a hair early belongs to the line)."""

@@ -84,6 +84,12 @@ class Player:
                    - self.seconds(0)))
         return self
 
+    def machine_pitches(self) -> list[tuple[float, int]]:
+        """(tick from the script's origin, pitch) of every machine note-on that sounded."""
+        return [(self.clock.time_to_tick(x.t) - self.origin, x.msg.note)
+                for x in self.sched.log
+                if x.tag == RESPONSE and x.msg.type == "note_on" and x.msg.velocity > 0]
+
     def machine_ons(self) -> list[tuple[float, int]]:
         """(tick from the script's origin, velocity) of every machine note-on that sounded."""
         return [(self.clock.time_to_tick(x.t) - self.origin, x.msg.velocity)

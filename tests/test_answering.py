@@ -98,3 +98,89 @@ def test_the_guide_stream_holds_the_answer_but_not_the_call(tiny_model_dir, libr
     assert len(answer) > 4 and any(tk.is_note_on(t) for t in answer)
     starts = [i for i in range(len(main)) if main[i : i + len(answer)] == answer]
     assert starts, "the guide's answer tokens are not the answer the session played"
+
+
+# --- motifs ----------------------------------------------------------------------------------
+
+
+def test_echo_favours_the_pitch_that_completes_a_call_shape():
+    from improv.motifs import MotifMemory
+
+    m = MotifMemory()
+    for i, p in enumerate([60, 62, 64, 60, 62, 64]):  # shape (+2, +2) and (+2, -4)
+        m.observe(p, i * Q, human=True)
+    assert m.bias() is None  # the answer has not begun
+    m.observe(67, 10 * Q, human=False)
+    m.observe(69, 11 * Q, human=False)  # +2: the call went on by +2 (twice) or -4 (once)
+    w = m.bias()
+    assert w[71 - tk.LOWEST_PITCH] == 1.0 and w[65 - tk.LOWEST_PITCH] == pytest.approx(0.5)
+    assert w.sum() == pytest.approx(1.5)
+    m.turn()
+    assert m.bias() is None
+
+
+def test_a_chord_counts_once_on_the_top_line():
+    from improv.motifs import MotifMemory
+
+    m = MotifMemory()
+    m.observe(60, 0, human=True)
+    m.observe(67, 0, human=True)
+    m.observe(64, 0, human=True)
+    assert list(m.human) == [(0, 67)]
+
+
+def test_a_pitch_struck_four_times_running_is_not_struck_again():
+    s = Sampler(Constraints(), seed=0)
+    s.observe(tk.BAR)
+    s.observe(tk.velocity_token(8))
+    for _ in range(4):
+        s.observe(tk.note_on_token(62))
+        s.observe(tk.time_shift_token(6))
+        s.observe(tk.note_off_token(62))
+    ons = s.allowed()[tk.NOTE_ON_BASE: tk.NOTE_OFF_BASE]
+    assert not ons[62 - tk.LOWEST_PITCH] and ons[64 - tk.LOWEST_PITCH]
+
+
+def test_echo_reaches_the_sampled_answer(tiny_model_dir, library):
+    """The same call and seed, with and without echo: echo makes the answer's top line
+    take up more of the call's shapes (the live path, not only the bias)."""
+    from improv.conversation import interval_shapes
+
+    def shapes_shared(echo):
+        pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                    call_bars=2, echo=echo, max_polyphony=1, scale_lock=False, key="off")
+        pl.phrase(0, [60, 62, 64, 60, 62, 64, 60, 62], step=Q)
+        pl.play()
+        answer = [n for _, n in pl.machine_pitches()]
+        call = [60, 62, 64, 60, 62, 64, 60, 62]
+        mine, theirs = interval_shapes(answer, 2), set(interval_shapes(call, 2))
+        return sum(s in theirs for s in mine) / max(1, len(mine))
+
+    assert shapes_shared(6.0) > shapes_shared(0.0) + 0.2
+
+
+# --- quantize --------------------------------------------------------------------------------
+
+
+def test_quantize_to_sixteenths_and_triplets():
+    from improv.quantize import quantize_tick
+
+    assert quantize_tick(94) == 96 and quantize_tick(98, origin=96) == 96
+    assert quantize_tick(9) == 8 and quantize_tick(17) == 16 and quantize_tick(13) == 12
+    assert quantize_tick(7) == 6  # a tie goes to the sixteenth
+    assert quantize_tick(101, origin=96) == 102
+
+
+def test_a_player_off_the_grid_reaches_the_model_on_it(tiny_model_dir, library):
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library)
+    pl.note(1, 22, 60).note(25, 45, 62).note(47, 70, 64)  # a tick or three off, each way
+    pl.play(bars_after=0)
+    ctx = pl.session.engine.context_tokens
+    shifts = [tk.shift_ticks(t) for t in ctx if tk.is_time_shift(t)]
+    assert shifts and all(s % 6 == 0 or s % 8 == 0 for s in shifts), shifts
+    raw = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                 quantize=False)
+    raw.note(1, 22, 60).note(25, 45, 62).note(47, 70, 64)
+    raw.play(bars_after=0)
+    assert any(tk.shift_ticks(t) % 6 and tk.shift_ticks(t) % 8
+               for t in raw.session.engine.context_tokens if tk.is_time_shift(t))

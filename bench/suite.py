@@ -18,6 +18,7 @@ import numpy as np
 from improv.benchmark import (
     BAR_LATE_MS,
     BAR_RATIO,
+    BAR_TRADING_MS,
     BenchError,
     ensure_peer_venv,
     load_bench,
@@ -153,4 +154,21 @@ class Suite:
             "call_end_to_first_note": summarize([c["call_end_to_first_note_ms"]
                                                  for c in r["calls"]])}
         r["bar_ok"] = max(late) <= BAR_LATE_MS
+        return r
+
+    def trading(self) -> dict:
+        r = load_bench("trading").trading(self.model, self.args.trades, bar_ms=BAR_TRADING_MS,
+                                          log=log)
+        answered = [c for c in r["calls"] if c["lateness_ms"] is not None]
+        fmt = lambda x: "-" if x is None else f"{x:+.2f} ms"  # noqa: E731
+        for k, c in enumerate(r["calls"], 1):
+            log(f"  call {k} ({c['ending']}): first answer note {fmt(c['lateness_ms'])} against "
+                f"its bar line, last note-off {fmt(c['last_off_vs_end_line_ms'])} against the "
+                f"line 2 bars on; the jam: {'; '.join(c['jam_said']) or 'nothing'}")
+        if not answered:
+            raise BenchError("no call was answered: " + " / ".join(r["jam_log"][-3:]))
+        late = [c["lateness_ms"] for c in answered]
+        self.samples["trading: first answer note - its bar line"] = np.array(late)
+        r["configs"] = {"answer_on_line": summarize(late)}
+        r["bar_ok"] = r["on_line"] == r["trades"] and not r["stuck_notes"]
         return r

@@ -4,7 +4,7 @@ This module owns the benchmark suite: it runs every measurement, writes
 ``bench/results/HOST-DATE.json`` (the schema below), ``HOST-DATE.md`` (the README's
 "Performance" section for this machine) and PNG plots, and sets up the peer. The
 measurements live beside ``bench/decode.py`` in the repository's bench/ folder
-(``model_cost.py``, ``live.py``, ``plots.py``) and are loaded from there by path,
+(``model_cost.py``, ``live.py``, ``trading.py``, ``plots.py``) and are loaded from there by path,
 since bench/ is not a package; ``python bench/run.py`` is the same program.
 
 Benchmarks (``--only`` / ``--skip`` take these names): ``decode`` (decode step
@@ -12,7 +12,8 @@ against context fill, cached and not, CPU and GPU), ``per_note`` (model cost per
 note event, with the Notochord peer), ``generation`` (music seconds per compute
 second), ``ingest`` (note in to tokens in the engine), ``schedule`` (clock grid
 through JACK, idle and loaded), ``jam`` (a real `improv jam`: start-up, memory,
-call end to the first answer note).
+call end to the first answer note), ``trading`` (a jam trading 2-bar phrases:
+each answer's first note against the MIDI clock pulse of its planned bar line).
 
 The peer, Notochord (PyPI), pins an older torch and textual than improv, so it
 gets a virtual environment of its own under ``~/.cache/improv/bench`` and runs
@@ -48,7 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "bench"
 SCHEMA = 1
-BENCHMARKS = ("decode", "per_note", "generation", "ingest", "schedule", "jam")
+BENCHMARKS = ("decode", "per_note", "generation", "ingest", "schedule", "jam", "trading")
 NOTOCHORD_VERSION = "0.8.0"
 # What `import notochord` needs (its own pins minus torch; sf2utils, iipyper and
 # toml-file serve its apps and would pull an old textual).
@@ -57,6 +58,7 @@ PEER_DEPS = ("numpy>=1.23,<3", "pandas>=2,<3", "tqdm>=4.64,<5", "appdirs>=1.4.4,
 DEFAULT_TORCH = "2.13.0"
 BAR_RATIO = 0.25  # improv's model cost per note event must be <= a quarter of the peer's
 BAR_LATE_MS = 5.0  # the first answer note no later than its planned beat + 5 ms
+BAR_TRADING_MS = 2.0  # trading: every answer's first note within 2 ms of its bar line
 
 
 class BenchError(Exception):
@@ -263,6 +265,12 @@ def markdown(res: dict) -> str:
                           late, f"<= {BAR_LATE_MS:g} ms: {j.get('bar_ok')}"))
     lines.append(_row("call end (silence) -> first answer note", cfg("jam",
                                                                      "call_end_to_first_note")))
+    tr = b.get("trading", {})
+    on_line = cfg("trading", "answer_on_line")
+    if on_line:
+        lines.append(_row("trading: first answer note - its bar line (JACK, MIDI clock)", on_line,
+                          f"<= {BAR_TRADING_MS:g} ms: {tr['on_line']}/{tr['trades']} "
+                          f"({100 * tr['on_line_share']:.0f}%)"))
     for cond in ("idle", "loaded"):
         lines.append(_row(f"scheduling error via JACK, {cond}", cfg("schedule", f"jack_{cond}")))
     pn = b.get("per_note", {})
@@ -294,6 +302,18 @@ def markdown(res: dict) -> str:
                      f"state printed) after {s['ready_s']:.2f} s; resident memory "
                      f"{mem.get('VmRSS', float('nan')):.0f} MiB after start-up, peak "
                      f"{j.get('memory_after_calls', {}).get('VmHWM', float('nan')):.0f} MiB.")
+    if on_line:
+        lines.append(
+            f"Trading (`call_bars=2`, {tr['bpm']:g} BPM, `improv jam --clock-out` over JACK): "
+            f"{tr['trades']} two-bar calls played from the jam's bar lines, some held across the "
+            f"hand-over line; {tr['on_line']} of {tr['trades']} answers started within "
+            f"{BAR_TRADING_MS:g} ms of their planned bar line's clock pulse, {tr['right_length']} "
+            f"of {tr['trades']} ended by the bar line 2 bars later "
+            f"(+{tr['end_tolerance_ms']:g} ms); stuck notes at the end: "
+            f"{len(tr['stuck_notes'])}; clock pulses lost on the way: "
+            f"{tr.get('pulses_missing')}."
+            + (f" {len(tr['jam_restarts'])} jam(s) that did not hear the player's probe note "
+               f"were replaced." if tr.get("jam_restarts") else ""))
     sch = b.get("schedule", {})
     if sch:
         lines.append(
@@ -358,6 +378,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                     help="seconds of clock grid per condition (default 75, quick 4)")
     ap.add_argument("--calls", type=int, default=None, help="calls played into the jam "
                     "(default 6, quick 2)")
+    ap.add_argument("--trades", type=int, default=None, help="2-bar calls traded with the "
+                    "jam in the trading benchmark (default 10, quick 3)")
     ap.add_argument("--jack", choices=("own", "running"), default="own",
                     help="JACK server for the MIDI benchmarks: a private dummy one started "
                     "for the run (default), or the running one (started if absent)")
@@ -377,6 +399,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     args.sched_seconds = args.sched_seconds or (4.0 if args.quick else 75.0)
     args.calls = args.calls or (2 if args.quick else 6)
+    args.trades = args.trades or (3 if args.quick else 10)
     t0 = time.monotonic()
     sys.setswitchinterval(0.001)  # as `improv jam` runs: the live threads hand over the GIL
     machine = machine_info()
@@ -398,7 +421,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                        "random_weights": random_weights,
                                        **{k: cfg.get(k) for k in ("n_layer", "n_head", "d_model",
                                                                   "d_ff", "context")}})
-    needs_jack = {"schedule", "jam"} & set(names)
+    needs_jack = {"schedule", "jam", "trading"} & set(names)
     with contextlib.ExitStack() as stack:
         if needs_jack:
             try:

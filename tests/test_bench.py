@@ -228,6 +228,141 @@ def test_planned_beat_is_the_first_after_the_lead_unless_too_close_to_call():
         live.planned_beat(beats, 12.0, t_note=12.1)
 
 
+def test_markdown_has_the_trading_row_and_its_count():
+    res = sample_result()
+    res["benchmarks"]["trading"] = {
+        "configs": {"answer_on_line": bm.summarize([-0.1, 0.2, 1.1, 2.5])}, "bpm": 120.0,
+        "trades": 4, "on_line": 3, "on_line_share": 0.75, "right_length": 4,
+        "end_tolerance_ms": 5.0, "stuck_notes": [], "pulses_missing": 0,
+        "jam_restarts": ["the jam did not hear our output"]}
+    md = bm.markdown(res)
+    row = next(ln for ln in md.splitlines() if ln.startswith("| trading:"))
+    assert row.startswith("| trading: first answer note - its bar line (JACK, MIDI clock) | ")
+    assert row.endswith("| <= 2 ms: 3/4 (75%) |") and "| 2.500 |" in row
+    assert "3 of 4 answers started within 2 ms of their planned bar line" in md
+    assert "4 of 4 ended by the bar line 2 bars later (+5 ms); stuck notes at the end: 0; " \
+           "clock pulses lost on the way: 0. 1 jam(s) that did not hear" in md
+    assert bm.validate({**res, "command": "x"}) == []
+    assert "trading" in bm.BENCHMARKS
+
+
+# --- trading: the jam's bar lines from its clock, one answer against its line ----------------
+
+TICK = 0.5 / 24  # 120 BPM
+
+
+def test_pulses_are_indexed_by_time_so_a_lost_one_does_not_shift_the_grid():
+    tr = bm.load_bench("trading")
+    times = [10.0 + i * TICK + 0.0004 * (-1) ** i for i in range(200) if i != 50]
+    index = tr.index_pulses(times, 10.0 - 0.0001, TICK)
+    assert index[49] == 49 and index[50] == 51 and index[-1] == 199
+    late = list(times)
+    late[10] += 0.004  # one pulse 4 ms late does not move the grid
+    assert tr.grid_origin(late, index, TICK) == pytest.approx(10.0, abs=0.0005)
+    assert tr.pulse_time(times, index, 96, 10.0, TICK) == (times[95], True)
+    t, arrived = tr.pulse_time(times, index, 50, 10.0, TICK)  # the lost one: the grid's time
+    assert not arrived and t == pytest.approx(10.0 + 50 * TICK)
+
+
+def test_jack_stamps_go_on_our_clock_by_the_quickest_poll_nearby():
+    tr = bm.load_bench("trading")
+    rng = np.random.default_rng(1)
+    jack = np.arange(3000) * TICK  # JACK's seconds since the first message
+    # Our clock: 100 s ahead, running 200 ppm faster; each poll 0-3 ms late, a few at once.
+    ours = 100.0 + jack * (1 + 2e-4)
+    delay = rng.uniform(0.0, 0.003, jack.size)
+    delay[::25] = 0.0
+    got = np.array(tr.jack_to_now(jack.tolist(), (ours + delay).tolist(), 50))
+    assert np.abs(got - ours).max() < 0.0003  # the drift across a window: 0.2 ms
+    # One offset for all (the whole run as the window) would be off by the drift.
+    whole = np.array(tr.jack_to_now(jack.tolist(), (ours + delay).tolist(), 3000))
+    assert np.abs(whole - ours).max() > 0.005
+
+
+def test_planned_line_is_call_bars_after_the_bar_line_of_the_first_note():
+    tr = bm.load_bench("trading")
+    bar = 96
+    at = lambda pulse, ms=0.0: 10.0 + pulse * TICK + ms / 1000  # noqa: E731
+    assert tr.bar_line_of(at(192), 10.0, TICK, bar) == 192
+    assert tr.bar_line_of(at(192, 30.0), 10.0, TICK, bar) == 192  # late: still its line
+    assert tr.bar_line_of(at(190), 10.0, TICK, bar) == 192  # a hair early belongs to it
+    assert tr.bar_line_of(at(186), 10.0, TICK, bar) == 96  # clearly early: the bar before
+    assert tr.bar_line_of(at(250), 10.0, TICK, bar) == 192
+    assert tr.planned_line(192, 2, bar) == 384
+    assert tr.planned_line(0, 1, bar) == 96
+
+
+def test_stuck_notes_pairs_note_ons_with_note_offs():
+    import mido
+
+    tr = bm.load_bench("trading")
+    on = lambda n, ch=0: (0.0, mido.Message("note_on", note=n, velocity=80, channel=ch))  # noqa
+    off = lambda n: (0.0, mido.Message("note_off", note=n))  # noqa: E731
+    zero = lambda n: (0.0, mido.Message("note_on", note=n, velocity=0))  # noqa: E731
+    assert tr.stuck_notes([on(60), off(60), on(62), zero(62), off(64)]) == []
+    assert tr.stuck_notes([on(60), on(60), off(60), on(61, ch=2)]) == [(0, 60), (2, 61)]
+    assert tr.stuck_notes([(0.0, mido.Message("clock"))]) == []
+
+
+def test_calls_start_on_their_line_and_end_before_on_or_across_the_hand_over():
+    tr = bm.load_bench("trading")
+    beat = 0.5
+    for ending, (_, last_off) in tr.ENDINGS.items():
+        msgs = tr.call_messages(100.0, beat, ending, transpose=1)
+        assert msgs[0][0] == 100.0 and msgs[0][1].type == "note_on" and msgs[0][1].note == 61
+        assert [t for t, _ in msgs] == sorted(t for t, _ in msgs)
+        assert sum(m.type == "note_on" for _, m in msgs) == 8
+        assert tr.stuck_notes(msgs) == []
+        assert msgs[-1][0] == pytest.approx(100.0 + last_off * beat)
+    held = tr.call_messages(0.0, beat, "held across")
+    assert held[-1][0] > 2 * 4 * beat  # released after the hand-over line
+    assert tr.call_messages(0.0, beat, "early")[-1][0] < 2 * 4 * beat - beat
+
+
+def _answer(first_ms: float, last_off_ms: float, unended: bool = False):
+    """A call from pulse 96 (0.25 ms late) and its answer, against a grid from 10.0."""
+    import mido
+
+    times = [10.0 + i * TICK for i in range(700)]
+    index = list(range(700))
+    grid = (times, index, 10.0, TICK, 96)
+    line, end = times[288], times[480]  # the planned line and the answer's end line
+    window = [(line + first_ms / 1000, mido.Message("note_on", note=60, velocity=70)),
+              (line + 0.3, mido.Message("note_off", note=60)),
+              (line + 0.4, mido.Message("note_on", note=64, velocity=70))]
+    if not unended:
+        window.append((end + last_off_ms / 1000, mido.Message("note_off", note=64)))
+    call = {"ending": "early", "bar": 1, "t_first": times[96] + 0.00025}
+    said = [(line, "[ 12.00] call ended (trading); answer of 2 bar(s) from bar 4")]
+    return bm.load_bench("trading").trade_result(call, window, grid, said)
+
+
+def test_one_answer_is_timed_against_its_planned_line_and_its_end():
+    r = _answer(first_ms=0.7, last_off_ms=0.1)
+    assert r["lateness_ms"] == pytest.approx(0.7) and r["line_pulse_arrived"]
+    assert r["call_on_planned_bar"] and r["first_note_vs_bar_ms"] == pytest.approx(0.25)
+    assert r["right_length"] and r["reaches_last_bar"] and r["notes"] == 2
+    assert r["jam_bars_answered"] == [2] and r["jam_bar_minus_ours"] == [1]
+    early = _answer(first_ms=-2000.0, last_off_ms=0.0)  # a bar early: not on its line
+    assert early["lateness_ms"] == pytest.approx(-2000.0)
+    too_long = _answer(first_ms=0.0, last_off_ms=30.0)
+    assert not too_long["right_length"] and too_long["last_off_vs_end_line_ms"] == \
+        pytest.approx(30.0)
+    unended = _answer(first_ms=0.0, last_off_ms=0.0, unended=True)
+    assert not unended["right_length"] and unended["unended"] == [(0, 64)]
+
+
+def test_trades_count_answers_on_their_line_and_of_the_right_length():
+    tr = bm.load_bench("trading")
+    calls = [{"lateness_ms": 0.5, "right_length": True},
+             {"lateness_ms": -1.9, "right_length": True},
+             {"lateness_ms": 2.4, "right_length": False},
+             {"lateness_ms": None, "right_length": False}]
+    s = tr.summarize_trades(calls, 2.0)
+    assert (s["trades"], s["answered"], s["on_line"], s["right_length"]) == (4, 3, 2, 2)
+    assert s["on_line_share"] == 0.5 and s["right_length_share"] == 0.5
+
+
 # --- a small real run ---------------------------------------------------------------------------
 
 

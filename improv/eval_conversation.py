@@ -286,7 +286,7 @@ def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
     engine = Engine(model_dir, provider="cpu", background=False)
     library = PresetLibrary()
     chosen = choose_presets(library, presets, overrides or {})
-    default = measured(next(iter(library)), overrides or {})  # improv jam's default
+    default = measured(library.default(), overrides or {})  # improv jam's default
     names = style_names(engine.styles, corpus_dir)
     pieces = [val.piece(i).astype(np.int64) for i in range(len(val))]
     labels = [names.get(int(k), f"style{int(k)}") for k in val.styles]

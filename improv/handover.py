@@ -39,7 +39,7 @@ GRACE_TICKS = 2
 # Phrase lengths before this set has shown its own, as a prior over bars (renormalised).
 BASE_LENGTHS = {1: 0.12, 2: 0.30, 3: 0.04, 4: 0.34, 5: 0.01, 6: 0.03, 7: 0.01, 8: 0.15}
 REMEMBERED_CALLS = 8
-DEFAULT_THRESHOLD = 0.1
+DEFAULT_THRESHOLD = 0.05
 
 
 def turn_probability(logits: np.ndarray) -> float:

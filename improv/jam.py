@@ -109,7 +109,7 @@ def load_preset(args: argparse.Namespace):
     which = args.preset
     try:
         if which is None:
-            preset = next(iter(library))
+            preset = library.default()
         elif which.isdigit():
             preset = library.by_number(int(which))
         else:

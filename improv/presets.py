@@ -63,6 +63,7 @@ class Preset:
 
     name: str = "default"
     description: str = ""
+    default: bool = False  # the preset a set starts with when none is named (the first if none)
     style: str = "folk"  # a corpus style or a user style name
     # sampling
     temperature: float = 0.9
@@ -84,7 +85,7 @@ class Preset:
     response_bars: int = 0  # 0 = as long as the call
     call_bars: int = 0  # 0 = the call ends when the player does; N = trading N-bar phrases
     predict_handover: bool = True  # answer on the line a phrase ends on, not after silence
-    handover_threshold: float = 0.1  # how sure the phrase-end evidence must be (0..1)
+    handover_threshold: float = 0.05  # how sure the phrase-end evidence must be (0..1)
     quantize: bool = True  # the player's notes on the sixteenth/triplet grid the model knows
     silence_beats: float = 2.0  # the call ends after this much silence with all keys up
     max_call_bars: int = 8
@@ -135,6 +136,7 @@ class _Rule:
 _RULES: dict[str, _Rule] = {
     "name": _Rule("name"),
     "description": _Rule("str"),
+    "default": _Rule("bool"),
     "style": _Rule("style"),
     "temperature": _Rule("float", 0.05, 2.0),
     "top_p": _Rule("float", 0.0, 1.0),
@@ -435,6 +437,10 @@ class PresetLibrary:
         raise PresetError("<library>", 1, f"no preset named '{name}': "
                           f"choose one of {', '.join(self.names())}")
 
+    def default(self) -> Preset:
+        """The preset a set starts with: the first marked ``default = true``, else the first."""
+        return next((p for p in self.presets if p.default), self.presets[0])
+
     def by_number(self, number: int) -> Preset:
         """Preset ``number`` counted from 1, as on the switching keys."""
         if not 1 <= number <= len(self.presets):
@@ -504,7 +510,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     for i, p in enumerate(lib, 1):
         bpm = f"{p.bpm:g}" if p.bpm else "-"
         resp = str(p.response_bars) if p.response_bars else "call"
-        src = lib.sources[p.name] or "built-in"
+        src = str(lib.sources[p.name] or "built-in")
+        src += "  (default)" if p is lib.default() else ""
         print(f"{i:>2}  {p.name:<18} {p.style:<12} {bpm:>5} {p.swing:>5.2f} "
               f"{p.temperature:>5.2f} {p.density:>+5.2f} {resp:>4}  {src}")
     for e in lib.errors:

@@ -456,7 +456,7 @@ class Sampler:
             w = self.motifs.bias()
             if w is not None:
                 x = x.copy()  # never the caller's array
-                x[_ON] += c.echo * w
+                x[_ON] = _reweigh(x[_ON], c.echo * w, self._mask[_ON])
         z = x[idx]
         z = np.nan_to_num(z, nan=-np.inf, posinf=_POSINF, neginf=-np.inf) + self._bias[idx]
         top = z.max()
@@ -479,3 +479,19 @@ class Sampler:
         if j >= p.shape[0] or p[j] == 0.0:  # rounding at the top end
             j = int(np.argmax(p))
         return int(idx[j])
+
+
+def _reweigh(on: np.ndarray, boost: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """``on + boost``, shifted so the allowed NOTE_ONs keep their total probability.
+
+    Echo chooses which note comes, not whether one comes: a plain boost would also make
+    every note-on likelier than waiting, and the answers denser than the call.
+    """
+    ok = allowed & np.isfinite(on)
+    if not ok.any():
+        return on
+    top = on[ok].max()
+    before = np.log(np.exp(on[ok] - top).sum())
+    out = on + boost
+    after = np.log(np.exp(out[ok] - top).sum())
+    return out - (after - before)

@@ -134,7 +134,7 @@ class Session(PlayerControls):
         self._log: deque[str] = deque(maxlen=500)
         self.voice = Voice(scheduler, self._time_of, self.options.seed)
         self.state = State.IDLE
-        self.preset = self._resolve(preset) if preset is not None else next(iter(self.presets))
+        self.preset = self._resolve(preset) if preset is not None else self.presets.default()
         self._pending_preset: Preset | None = None
         self.sampler = Sampler(
             Constraints.from_preset(self.preset),

@@ -184,3 +184,21 @@ def test_a_player_off_the_grid_reaches_the_model_on_it(tiny_model_dir, library):
     raw.play(bars_after=0)
     assert any(tk.shift_ticks(t) % 6 and tk.shift_ticks(t) % 8
                for t in raw.session.engine.context_tokens if tk.is_time_shift(t))
+
+
+def test_echo_picks_which_note_not_whether_one():
+    """The boost keeps the allowed NOTE_ONs' total probability: echo must not make the
+    answer denser than the model would play it."""
+    from improv.sampler import _reweigh
+
+    rng = np.random.default_rng(0)
+    on = rng.normal(size=tk.N_PITCHES)
+    allowed = rng.random(tk.N_PITCHES) < 0.5
+    allowed[40] = True
+    boost = np.zeros(tk.N_PITCHES)
+    boost[40] = 3.0
+    out = _reweigh(on, boost, allowed)
+    mass = lambda v: np.exp(v[allowed]).sum()  # noqa: E731
+    assert mass(out) == pytest.approx(mass(on))
+    assert out[40] - out[41] > on[40] - on[41] + 2.9  # the boosted key gained on the rest
+    assert mass(on + boost) > 1.05 * mass(on)  # a plain boost would have added note-on mass

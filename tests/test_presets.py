@@ -256,3 +256,14 @@ def test_cli_lists_shipped_presets_and_shows_one(capsys):
     assert P.main(["--dir", str(SHIPPED), "--show", "nope"]) == 2
     assert P.main(["--keys"]) == 0
     assert "temperature = 0.9" in capsys.readouterr().out
+
+
+def test_the_default_preset_is_the_one_marked_else_the_first(tmp_path):
+    write(tmp_path, "a.toml", 'name = "a"\n')
+    write(tmp_path, "b.toml", 'name = "b"\n')
+    assert PresetLibrary([tmp_path]).default().name == "a"
+    write(tmp_path, "b.toml", 'name = "b"\ndefault = true\n')
+    assert PresetLibrary([tmp_path]).default().name == "b"
+    shipped = PresetLibrary()
+    assert shipped.default().name == "folk song"
+    assert sum(p.default for p in shipped) == 1

@@ -46,6 +46,7 @@ from improv.conversation import FIGURES, Phrase, all_responsiveness, answer_figu
 from improv.conversation_pairs import Pair, Window, choose_pairs, choose_windows
 from improv.dataset import DataError, default_corpus_dir, load_split
 from improv.engine import Engine, ModelError
+from improv.eval_dynamics import dynamics_figure, dynamics_line
 from improv.presets import Preset, PresetError, PresetLibrary, apply_overrides, parse_overrides
 from improv.session import RESPONSE, Session, SessionOptions
 from improv.simulate import Script, SimScheduler, SimTime, run
@@ -277,7 +278,7 @@ def measured(preset: Preset, overrides: dict) -> Preset:
 def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
                           overrides: dict | None = None, calls: int = 40, windows: int = 40,
                           bpm: float | None = None, seed: int = 0, order: int = 5,
-                          ngram: bool = True, articulation: float = 1.0,
+                          ngram: bool = True, articulation: float = 1.0, dynamics: bool = True,
                           log: Callable[[str], object] = print) -> dict:
     """Every number of ``improv eval --conversation`` as a JSON-ready dict."""
     t_all = time.perf_counter()
@@ -321,6 +322,11 @@ def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
                             seed, articulation)
     false["preset"] = default.name
     elapsed["false_handovers"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    dyn = dynamics_figure(engine, library, default, pairs, bpm or default.bpm or DEFAULT_BPM,
+                          seed) if dynamics else {}
+    dyn["preset"] = default.name
+    elapsed["dynamics"] = round(time.perf_counter() - t0, 2)
     rows = {name: responder_figures(pairs, a) for name, a in answers.items()}
     return {
         "model": str(model_dir),
@@ -333,6 +339,7 @@ def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
         "responders": rows,
         "styles": {name: figures_by_style(pairs, a) for name, a in answers.items()},
         "false_handovers": false,
+        "dynamics": dyn,
         "elapsed_s": {**elapsed, "total": round(time.perf_counter() - t_all, 2)},
         "answers": [{"piece": p.piece, "style": p.style, "origin": p.origin,
                      "call_end": p.call_end, "handover": p.handover, "bars": p.bars,
@@ -403,6 +410,8 @@ def format_table(res: dict) -> str:
                  f"straight through): {_num(f['share_of_windows'])} of windows, "
                  f"{_num(f['per_bar_line'], '.3f')} per bar line ({f['false_answers']} answers "
                  f"over {f['bar_lines']} bar lines)")
+    if res.get("dynamics", {}).get("calls") is not None:
+        lines.append(dynamics_line(res["dynamics"], res["dynamics"]["preset"]))
     return "\n".join(lines)
 
 
@@ -444,6 +453,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                         "(default 1: as written, a phrase's last note to the bar line; less "
                         "puts the player's releases off the grid, as a real player's are)")
     g.add_argument("--no-ngram", action="store_true", help="leave the n-gram row out")
+    g.add_argument("--no-dynamics", action="store_true",
+                   help="leave out the soft/loud calls that measure the answers' dynamics")
     g.add_argument("--bar", action="store_true",
                    help="check the issue's bar per preset; exit 1 when it is not met")
 
@@ -457,7 +468,8 @@ def run_cli(args: argparse.Namespace, prog: str) -> int:
         res = evaluate_conversation(
             args.model, args.corpus, presets=args.presets, overrides=parse_overrides(args.set),
             calls=args.calls, windows=args.windows, bpm=args.bpm, seed=args.seed,
-            order=args.order, ngram=not args.no_ngram, articulation=args.articulation)
+            order=args.order, ngram=not args.no_ngram, articulation=args.articulation,
+            dynamics=not args.no_dynamics)
     except (ConversationError, DataError, ModelError, BaselineError, PresetError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2

@@ -371,6 +371,31 @@ def test_the_harness_runs_end_to_end(tiny_model_dir, turn_corpus, tmp_path, caps
     assert res["false_handovers"]["windows"] == 2
     assert "elapsed" in text and "bar " + names[0] in text and "false hand-overs" in text
     assert res["bar"]["met"] == (rc == 0)
+    assert res["dynamics"]["calls"] >= 1 and "dynamics (" in text
+
+
+def test_dynamics_figure_tells_a_followed_call_from_an_ignored_one(tiny_model_dir, turn_corpus):
+    from improv.engine import Engine
+    from improv.eval_dynamics import dynamics_figure
+    from improv.presets import PresetLibrary, apply_overrides
+
+    split = dataset.load_split(turn_corpus, "val")
+    pairs = []
+    for i in range(len(split)):
+        pairs += pairs_of_piece(split.piece(i).astype(np.int64), f"v{i}", "folk")[0]
+    lib = PresetLibrary()
+    engine = Engine(tiny_model_dir, provider="cpu", background=False)
+
+    def fig(amount):
+        p = apply_overrides(lib.default(), dynamics=amount, humanize_ms=0.0, velocity_curve=[])
+        return dynamics_figure(engine, lib, p, pairs, 120.0, n=4)
+
+    followed, ignored = fig(1.0), fig(0.0)
+    assert followed["calls"] >= 2
+    assert followed["answer_after_loud"] - followed["answer_after_soft"] > 30
+    assert followed["louder_share"] == 1.0
+    assert abs(ignored["answer_after_loud"] - ignored["answer_after_soft"]) < \
+        followed["answer_after_loud"] - followed["answer_after_soft"] - 20
 
 
 def test_bad_set_and_missing_corpus_are_one_line_errors(tiny_model_dir, turn_corpus, tmp_path,

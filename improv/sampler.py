@@ -284,6 +284,8 @@ class Sampler:
             # One sounding note per key in the stream: a press closes whoever held the key.
             self.machine.pop(p, None)
             self.human.discard(p)
+            # The top line is a skyline: a note under one still sounding is not on it.
+            covered = any(q > p for q in (self.human if human else self.machine))
             if human:
                 self.human.add(p)
                 self.human_pitches.append(p)
@@ -291,7 +293,8 @@ class Sampler:
             else:
                 self.machine[p] = self.tick
                 self.recent.append(tok)
-            self.motifs.observe(p, self.tick, human)
+            if not covered:
+                self.motifs.observe(p, self.tick, human)
         elif tok == tk.TURN:
             self.motifs.turn()
         elif tk.is_note_off(tok):

@@ -203,3 +203,20 @@ def test_echo_picks_which_note_not_whether_one():
     assert mass(out) == pytest.approx(mass(on))
     assert out[40] - out[41] > on[40] - on[41] + 2.9  # the boosted key gained on the rest
     assert mass(on + boost) > 1.05 * mass(on)  # a plain boost would have added note-on mass
+
+
+def test_notes_under_a_held_top_note_are_not_the_top_line():
+    """The top line is a skyline: a G held over moving lower notes, then struck again four
+    times, is four repeats, and a fifth is barred."""
+    s = Sampler(Constraints(), seed=0)
+    s.observe(tk.BAR)
+    s.observe(tk.velocity_token(8))
+    for _ in range(4):
+        s.observe(tk.note_on_token(67))
+        s.observe(tk.note_on_token(48))  # under the G: not on the top line
+        s.observe(tk.time_shift_token(6))
+        s.observe(tk.note_off_token(48))
+        s.observe(tk.note_off_token(67))
+    assert [p for _, p in s.motifs.machine] == [67] * 4  # the C under it is not there
+    ons = s.allowed()[tk.NOTE_ON_BASE: tk.NOTE_OFF_BASE]
+    assert not ons[67 - tk.LOWEST_PITCH] and ons[48 - tk.LOWEST_PITCH]

@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SLOT = 6  # ticks per accent slot: a sixteenth at 24 per quarter
-MODEL_LEVEL = 80.0  # the corpus's velocity: what the model plays when it knows no better
-MODEL_SHARE = 0.5  # how much of the model's own deviation from MODEL_LEVEL is kept
+MODEL_SHARE = 0.5  # how much of the model's own deviation from the call's level is kept
 SHRINK = 2.0  # accents heard once count for a third: one loud note is not a pattern
 
 
@@ -51,6 +50,8 @@ class Dynamics:
         if self.accents:
             slots = len(self.accents)
             accent = self.accents[round((tick - self.bar_origin) / SLOT) % slots]
-        target = self.level + accent + MODEL_SHARE * (model_velocity - MODEL_LEVEL)
+        # The model has heard the call's VELOCITY tokens and plays near its level already:
+        # what it adds of its own is its deviation from that level.
+        target = self.level + accent + MODEL_SHARE * (model_velocity - self.level)
         v = (1.0 - amount) * model_velocity + amount * target
         return int(min(127, max(1, round(v))))

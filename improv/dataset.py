@@ -158,3 +158,14 @@ def augmentation_factor(split: Split, max_shift: int = 6) -> float:
         counts.append(down + up + 1)
     return float(np.mean(counts))
 
+
+def style_names(model_styles: dict[str, int], corpus_dir: Path) -> dict[int, str]:
+    """Style index -> name: corpus styles, then the corpus's user slots, then the model's."""
+    names = dict(enumerate(tk.CORPUS_STYLES))
+    try:
+        summary = json.loads((corpus_dir / "summary.json").read_text())
+        names.update({int(k): n for n, k in summary.get("styles", {}).items()})
+    except (OSError, ValueError, AttributeError):
+        pass
+    names.update({k: n for n, k in model_styles.items()})
+    return names

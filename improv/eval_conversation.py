@@ -44,7 +44,7 @@ from improv.baseline import BaselineError
 from improv.clock import Clock
 from improv.conversation import FIGURES, Phrase, all_responsiveness, answer_figures
 from improv.conversation_pairs import Pair, Window, choose_pairs, choose_windows
-from improv.dataset import DataError, default_corpus_dir, load_split
+from improv.dataset import DataError, default_corpus_dir, load_split, style_names
 from improv.engine import Engine, ModelError
 from improv.eval_dynamics import dynamics_figure, dynamics_line
 from improv.presets import Preset, PresetError, PresetLibrary, apply_overrides, parse_overrides
@@ -351,16 +351,6 @@ def evaluate_conversation(model_dir, corpus_dir=None, *, presets: str = "all",
     }
 
 
-def style_names(model_styles: dict[str, int], corpus_dir: Path) -> dict[int, str]:
-    """Style index -> name: corpus styles, then the corpus's user slots, then the model's."""
-    names = dict(enumerate(tk.CORPUS_STYLES))
-    try:
-        summary = json.loads((corpus_dir / "summary.json").read_text())
-        names.update({int(k): n for n, k in summary.get("styles", {}).items()})
-    except (OSError, ValueError, AttributeError):
-        pass
-    names.update({k: n for n, k in model_styles.items()})
-    return names
 
 
 # --- the bar and the table --------------------------------------------------------------------

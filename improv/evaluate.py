@@ -32,7 +32,7 @@ import torch
 
 from improv import tokens as tk
 from improv.baseline import BaselineError, NGramModel
-from improv.dataset import DataError, Split, default_corpus_dir, load_split
+from improv.dataset import DataError, Split, default_corpus_dir, load_split, style_names
 from improv.eval_conversation import add_arguments as add_conversation_arguments
 from improv.eval_conversation import run_cli as run_conversation
 from improv.eval_musical import (
@@ -176,18 +176,6 @@ def _figures(records: list[dict], source: str) -> dict:
     }
 
 
-def style_names(model_dir: Path, corpus_dir: Path) -> dict[int, str]:
-    """Style index -> name: corpus styles, then the corpus's user slots, then the model's."""
-    names = dict(enumerate(tk.CORPUS_STYLES))
-    try:
-        summary = json.loads((corpus_dir / "summary.json").read_text())
-        names.update({int(k): n for n, k in summary.get("styles", {}).items()})
-    except (OSError, ValueError, AttributeError):
-        pass
-    names.update({k: n for n, k in load_styles(model_dir).items()})
-    return names
-
-
 def generation_report(model, ngram, pieces, styles, labels, memo, *, prompts=25, seed=0,
                       gen_tokens=256, prompt_bars=8, prompt_tokens=None, temperature=1.0,
                       top_p=0.95, device="cpu") -> tuple[dict, list[dict]]:
@@ -225,7 +213,7 @@ def evaluate(model_dir, corpus_dir=None, order=5, max_pieces=None, batch_size=16
     corpus_dir = Path(corpus_dir) if corpus_dir else default_corpus_dir()
     train, val = load_split(corpus_dir, "train"), load_split(corpus_dir, "val")
     model = load_model(model_dir, device=device)
-    names = style_names(model_dir, corpus_dir)
+    names = style_names(load_styles(model_dir), corpus_dir)
     keep = [i for i in range(len(val.names)) if val.starts[i + 1] - val.starts[i] > 1]
     if max_pieces and len(keep) > max_pieces:
         rng = np.random.default_rng(gen_args.get("seed", 0))

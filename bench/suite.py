@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from improv.benchmark import (
+    BAR_HANDOVER_MS,
     BAR_LATE_MS,
     BAR_RATIO,
     BAR_TRADING_MS,
@@ -157,8 +158,16 @@ class Suite:
         return r
 
     def trading(self) -> dict:
-        r = load_bench("trading").trading(self.model, self.args.trades, bar_ms=BAR_TRADING_MS,
-                                          log=log)
+        return self._trades(predicted=False)
+
+    def handover(self) -> dict:
+        return self._trades(predicted=True)
+
+    def _trades(self, predicted: bool) -> dict:
+        """2-bar calls into a jam: trading on fixed lines, or the predicted hand-over."""
+        bar_ms = BAR_HANDOVER_MS if predicted else BAR_TRADING_MS
+        r = load_bench("trading").trading(self.model, self.args.trades, bar_ms=bar_ms, log=log,
+                                          predicted=predicted)
         answered = [c for c in r["calls"] if c["lateness_ms"] is not None]
         fmt = lambda x: "-" if x is None else f"{x:+.2f} ms"  # noqa: E731
         for k, c in enumerate(r["calls"], 1):
@@ -168,7 +177,8 @@ class Suite:
         if not answered:
             raise BenchError("no call was answered: " + " / ".join(r["jam_log"][-3:]))
         late = [c["lateness_ms"] for c in answered]
-        self.samples["trading: first answer note - its bar line"] = np.array(late)
+        what = "predicted hand-over" if predicted else "trading"
+        self.samples[f"{what}: first answer note - its bar line"] = np.array(late)
         r["configs"] = {"answer_on_line": summarize(late)}
         r["bar_ok"] = r["on_line"] == r["trades"] and not r["stuck_notes"]
         return r

@@ -14,6 +14,10 @@ The player listens through :class:`Listener` (rtmidi's queue, no Python in JACK'
 thread) and checks its output with a probe note first; a jam that does not hear it is
 replaced (counted in ``jam_restarts``). All times are seconds of ``improv.clock.now``
 (system-wide on Linux). Loaded by improv.benchmark from this folder.
+
+With ``predicted=True`` the same calls go to a jam with ``call_bars=0``, the default
+hand-over: the session must judge from the phrase itself that it ends on that line
+(only the endings that let go before the line: a held note is no hand-over there).
 """
 
 from __future__ import annotations
@@ -317,7 +321,7 @@ class _Jam:
 
 
 def trading(model_dir: Path, calls: int, bpm: float = 120.0, bar_ms: float = 2.0,
-            log=print, jams: int = 3) -> dict:
+            log=print, jams: int = 3, predicted: bool = False) -> dict:
     """Start a jam that trades 2-bar phrases, trade ``calls`` times, time every answer.
 
     A jam that does not hear our probe note is replaced by a fresh one, up to ``jams``
@@ -335,7 +339,7 @@ def trading(model_dir: Path, calls: int, bpm: float = 120.0, bar_ms: float = 2.0
             "--in", f"improv in {tag}", "--out", f"improv out {tag}", "--model", str(model_dir),
             "--bpm", str(bpm), "--seconds", str(60 + 6 * bar_s * calls), "--seed", "5",
             "--clock-out", "--threads", "1", "--record", str(Path(tmp.name) / f"set{k}.mid"),
-            "--set", f"call_bars={CALL_BARS}", "--set", "response_bars=0",
+            "--set", f"call_bars={0 if predicted else CALL_BARS}", "--set", "response_bars=0",
             "--set", "humanize_ms=0", "--set", "swing=0", "--set", "response_start=bar",
         ], tag)
         try:
@@ -351,7 +355,7 @@ def trading(model_dir: Path, calls: int, bpm: float = 120.0, bar_ms: float = 2.0
         raise LiveError(f"{jams} jams in a row failed; the last: {restarts[-1]}")
     rec, lines, played = jam.rec, jam.lines, []
     try:
-        endings = list(ENDINGS)
+        endings = [e for e in ENDINGS if not (predicted and e == "held across")]
         for i in range(calls):
             t_start, times = _clock(rec)
             index = index_pulses(times, t_start, tick_s)
@@ -388,7 +392,8 @@ def trading(model_dir: Path, calls: int, bpm: float = 120.0, bar_ms: float = 2.0
     said = [(t, x) for t, x in lines if x.startswith("[") and ("call " in x or "barge" in x)]
     res = {"calls": [], "exit_code": jam.proc.returncode, "jam_restarts": restarts,
            "bar_ms": bar_ms,
-           "end_tolerance_ms": END_TOLERANCE_MS, "bpm": bpm, "call_bars": CALL_BARS,
+           "end_tolerance_ms": END_TOLERANCE_MS, "bpm": bpm,
+           "call_bars": 0 if predicted else CALL_BARS,
            "stuck_notes": stuck_notes(msgs), "jam_log": [x for _, x in said],
            "pulses_missing": index[-1] + 1 - len(set(index)) if times else None,
            "pulses_doubled": len(index) - len(set(index))}

@@ -13,7 +13,8 @@ note event, with the Notochord peer), ``generation`` (music seconds per compute
 second), ``ingest`` (note in to tokens in the engine), ``schedule`` (clock grid
 through JACK, idle and loaded), ``jam`` (a real `improv jam`: start-up, memory,
 call end to the first answer note), ``trading`` (a jam trading 2-bar phrases:
-each answer's first note against the MIDI clock pulse of its planned bar line).
+each answer's first note against the MIDI clock pulse of its planned bar line), ``handover``
+(the same calls with the default, predicted hand-over: the answer on the line the call ends on).
 
 The peer, Notochord (PyPI), pins an older torch and textual than improv, so it
 gets a virtual environment of its own under ``~/.cache/improv/bench`` and runs
@@ -49,7 +50,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "bench"
 SCHEMA = 1
-BENCHMARKS = ("decode", "per_note", "generation", "ingest", "schedule", "jam", "trading")
+BENCHMARKS = ("decode", "per_note", "generation", "ingest", "schedule", "jam", "trading",
+              "handover")
 NOTOCHORD_VERSION = "0.8.0"
 # What `import notochord` needs (its own pins minus torch; sf2utils, iipyper and
 # toml-file serve its apps and would pull an old textual).
@@ -59,6 +61,9 @@ DEFAULT_TORCH = "2.13.0"
 BAR_RATIO = 0.25  # improv's model cost per note event must be <= a quarter of the peer's
 BAR_LATE_MS = 5.0  # the first answer note no later than its planned beat + 5 ms
 BAR_TRADING_MS = 2.0  # trading: every answer's first note within 2 ms of its bar line
+# predicted hand-over: on the line, or a moment after a release on it (handover.GRACE_TICKS
+# and a decode): within a 32nd at 120 BPM
+BAR_HANDOVER_MS = 31.0
 
 
 class BenchError(Exception):
@@ -271,6 +276,12 @@ def markdown(res: dict) -> str:
         lines.append(_row("trading: first answer note - its bar line (JACK, MIDI clock)", on_line,
                           f"<= {BAR_TRADING_MS:g} ms: {tr['on_line']}/{tr['trades']} "
                           f"({100 * tr['on_line_share']:.0f}%)"))
+    ho = b.get("handover", {})
+    on_line = cfg("handover", "answer_on_line")
+    if on_line:
+        lines.append(_row("predicted hand-over: first answer note - the bar line after the call "
+                          "(JACK)", on_line, f"<= {BAR_HANDOVER_MS:g} ms: {ho['on_line']}/"
+                          f"{ho['trades']} ({100 * ho['on_line_share']:.0f}%)"))
     for cond in ("idle", "loaded"):
         lines.append(_row(f"scheduling error via JACK, {cond}", cfg("schedule", f"jack_{cond}")))
     pn = b.get("per_note", {})
@@ -302,7 +313,7 @@ def markdown(res: dict) -> str:
                      f"state printed) after {s['ready_s']:.2f} s; resident memory "
                      f"{mem.get('VmRSS', float('nan')):.0f} MiB after start-up, peak "
                      f"{j.get('memory_after_calls', {}).get('VmHWM', float('nan')):.0f} MiB.")
-    if on_line:
+    if tr.get("configs", {}).get("answer_on_line"):
         lines.append(
             f"Trading (`call_bars=2`, {tr['bpm']:g} BPM, `improv jam --clock-out` over JACK): "
             f"{tr['trades']} two-bar calls played from the jam's bar lines, some held across the "
@@ -314,6 +325,15 @@ def markdown(res: dict) -> str:
             f"{tr.get('pulses_missing')}."
             + (f" {len(tr['jam_restarts'])} jam(s) that did not hear the player's probe note "
                f"were replaced." if tr.get("jam_restarts") else ""))
+    if ho.get("configs", {}).get("answer_on_line"):
+        late = ho["configs"]["answer_on_line"]
+        lines.append(
+            f"Predicted hand-over (the default, `call_bars=0`, {ho['bpm']:g} BPM, over JACK): "
+            f"{ho['trades']} two-bar calls whose last note ends before the line, some a moment "
+            f"before it; {ho['on_line']} of {ho['trades']} answers came in within "
+            f"{BAR_HANDOVER_MS:g} ms of the bar line after the call (median "
+            f"{late['median_ms']:+.1f} ms), {ho['right_length']} of {ho['trades']} lasted the "
+            f"call's 2 bars; stuck notes at the end: {len(ho['stuck_notes'])}.")
     sch = b.get("schedule", {})
     if sch:
         lines.append(
@@ -421,7 +441,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                        "random_weights": random_weights,
                                        **{k: cfg.get(k) for k in ("n_layer", "n_head", "d_model",
                                                                   "d_ff", "context")}})
-    needs_jack = {"schedule", "jam", "trading"} & set(names)
+    needs_jack = {"schedule", "jam", "trading", "handover"} & set(names)
     with contextlib.ExitStack() as stack:
         if needs_jack:
             try:

@@ -157,6 +157,7 @@ class Session(PlayerControls):
         self._closed: set[int] = set()  # keys held at a hand-over, closed in the stream already
         self._on_ticks: dict[int, int] = {}  # key -> its quantized note-on tick
         self._heard = False  # any note of the player's yet
+        self._refused: set[int] = set()  # lines this call went on through after a prediction
         self._release_time = 0.0  # when (seconds) the keys last all came up
         self.handover = HandoverPredictor()
         self.discarded = 0  # prepared answers dropped unheard because the player played on
@@ -297,8 +298,9 @@ class Session(PlayerControls):
                 # already at the answer; its release must not reach the stream either.
                 self._closed.add(pitch)
                 return
-            if tick < r.start_tick or self.preset.mode == "call_response":
-                self._barge_in(tick)  # before the line: the call goes on, nothing sounded
+            wrong = r.predicted and tick < r.start_tick + self.clock.beat_ticks
+            if tick < r.start_tick or wrong or self.preset.mode == "call_response":
+                self._barge_in(tick)  # before the line (or a wrong guess): the call goes on
             # overlap: the response goes on; the player's note joins the context as it comes
         if velocity == 0 and pitch in self._closed:
             self._closed.discard(pitch)  # released after the hand-over closed it
@@ -316,6 +318,7 @@ class Session(PlayerControls):
                 self._call_bar = self._bar_line_of(tick)
                 self._call_notes = []
                 self._judged = None
+                self._refused.clear()
                 if self._response is None:
                     self._apply_pending_preset()
             if self._response is None:
@@ -405,7 +408,7 @@ class Session(PlayerControls):
         line = self._handover_line(self._released - LINE_SLACK)
         near = self.clock.bar_ticks // 2 if self.preset.response_start == "bar" \
             else self.clock.beat_ticks
-        if line == self._judged or self._released < line - near:
+        if line == self._judged or line in self._refused or self._released < line - near:
             return False
         grace = GRACE_TICKS * self.clock.seconds_per_tick
         if self.clock.time_fn() < self._release_time + grace:
@@ -600,16 +603,23 @@ class Session(PlayerControls):
         if self.guide is not None:
             self.guide.stop()
         self.scheduler.cancel(RESPONSE)
-        if not r.first_note or tick < r.start_tick:
+        # A predicted answer the player plays straight into (on its line, or within its
+        # first beat) was a wrong guess: the phrase went on. At most a note sounded and was
+        # cut; the context forgets it, so the call reads on as one phrase.
+        wrong = r.predicted and tick < r.start_tick + self.clock.beat_ticks
+        if not r.first_note or tick < r.start_tick or wrong:
             # Nothing of the answer sounded: the call simply goes on, as if never ended.
             self._rewind(r.call_base, r.call_encoder, r.call_sampler)
             self._call_start, self._call_bar = r.call_start, r.call_bar
             if self.handover.lengths:
                 self.handover.lengths.pop()  # it was not a call's end after all
+            if r.predicted:
+                self._refused.add(r.start_tick)  # not that line again in this call
             self.discarded += 1
             if self.responses and self.responses[-1].get("first_note_deadline") is None:
                 self.responses.pop()
-            self._say("the call goes on")
+            self._say("the call goes on" + (" (a note of the answer was cut)" if wrong and
+                                            r.first_note and tick >= r.start_tick else ""))
             self._set_state(State.LISTENING)
             return
         heard = r.heard(tick)

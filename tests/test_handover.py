@@ -170,3 +170,23 @@ def test_turn_probability_is_a_softmax_entry():
     assert turn_probability(x) == pytest.approx(0.5)
     x[1] = -np.inf
     assert turn_probability(x) == 0.0
+
+
+@pytest.mark.parametrize("mode", ["call_response", "overlap"])
+def test_a_wrong_guess_is_taken_back_and_not_made_again(tiny_model_dir, library, mode):
+    """The predictor guesses a phrase end at the first line (threshold 0) and the player goes
+    on exactly on it: the answer is dropped, the call goes on as one phrase, that line is
+    not guessed again, and the answer comes after the whole phrase."""
+    pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
+                handover_threshold=0.0, mode=mode)
+    pl.phrase(0, [60, 62, 64], gap=2).note(3 * Q, 3 * Q + 12, 65)  # let go at beat 3.5
+    pl.phrase(BAR, [67, 65, 64], gap=2).note(BAR + 3 * Q, 2 * BAR - 2, 62)  # on the line
+    pl.play()
+    s = pl.session
+    log = s.drain_log()
+    assert s.discarded >= 1 and any(x.startswith("the call goes on") for x in log)
+    assert sum("answer of" in x and "from bar" in x for x in log) == s.discarded + 1
+    last = s.responses[-1]
+    assert last["start_tick"] == pl.origin + 2 * BAR
+    assert last["end_tick"] - last["start_tick"] == 2 * BAR  # the whole phrase's length
+    assert len(_sounded_while_playing(pl, 2 * BAR)) <= 1

@@ -61,7 +61,7 @@ DEFAULT_TORCH = "2.13.0"
 BAR_RATIO = 0.25  # improv's model cost per note event must be <= a quarter of the peer's
 BAR_LATE_MS = 5.0  # the first answer note no later than its planned beat + 5 ms
 BAR_TRADING_MS = 2.0  # trading: every answer's first note within 2 ms of its bar line
-# predicted hand-over: on the line, or a moment after a release on it (handover.GRACE_TICKS
+# predicted hand-over: on the line, or a moment after a release on it (handover.GRACE_S
 # and a decode): within a 32nd at 120 BPM
 BAR_HANDOVER_MS = 31.0
 

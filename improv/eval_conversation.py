@@ -234,7 +234,7 @@ def responder_figures(pairs: Sequence[Pair], answers: Sequence[Answered]) -> dic
     offsets = [(a.first - p.handover) / beat for p, a in both if a.first is not None]
     # On time: the first note on the bar line right after the call's last note-off, or up
     # to a 32nd after it: a phrase held to the line is only known to be over at the line,
-    # and the session answers a moment after the release (handover.GRACE_TICKS).
+    # and the session answers a moment after the release (handover.GRACE_S).
     out["on_time"] = sum(a.first is not None and 0 <= a.first - p.handover <= ON_TIME_TICKS
                          for p, a in both) / n if n else None
     out["exactly_on_line"] = sum(a.first == p.handover for p, a in both) / n if n else None

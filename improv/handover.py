@@ -34,12 +34,15 @@ from improv import tokens as tk
 # is 3 ticks, about 30 ms at 120 BPM).
 LINE_SLACK = 4
 # How long after the player lets go the hand-over is judged: a legato player's next note
-# can follow its note-off by a few ms (ticks; 2 is about 20 ms at 120 BPM).
-GRACE_TICKS = 2
+# can follow its note-off by a few ms. Every ms of it is a ms late on a phrase held to the
+# line, so it is short; a guess the player plays into anyway is taken back (session).
+GRACE_S = 0.012
+LATE_TICKS = LINE_SLACK + 2  # a release this far past the line is too late for it
 # Phrase lengths before this set has shown its own, as a prior over bars (renormalised).
 BASE_LENGTHS = {1: 0.12, 2: 0.30, 3: 0.04, 4: 0.34, 5: 0.01, 6: 0.03, 7: 0.01, 8: 0.15}
 REMEMBERED_CALLS = 8
-DEFAULT_THRESHOLD = 0.05
+WRONG_FACTOR = 0.5
+DEFAULT_THRESHOLD = 0.08
 
 
 def turn_probability(logits: np.ndarray) -> float:
@@ -67,6 +70,7 @@ class HandoverPredictor:
 
     threshold: float = DEFAULT_THRESHOLD
     lengths: deque[int] = field(default_factory=lambda: deque(maxlen=REMEMBERED_CALLS))
+    wrong: Counter[int] = field(default_factory=Counter)  # guesses taken back, by length
 
     def length_prior(self, bars: int) -> float:
         """How typical a call of ``bars`` bars is, 0..1 (1 = the set's usual length)."""
@@ -76,8 +80,10 @@ class HandoverPredictor:
         seen = Counter(self.lengths)
         # Earlier calls outweigh the base prior as they accumulate; one call already counts.
         n = len(self.lengths)
-        share = seen.get(bars, 0) / seen.most_common(1)[0][1]
-        return (n * share + base) / (n + 1)
+        # Squared: a length the set has used once in eight calls is an exception, not a
+        # rival (players trading phrases keep to theirs).
+        share = (seen.get(bars, 0) / seen.most_common(1)[0][1]) ** 2
+        return (n * share + base) / (n + 1) * WRONG_FACTOR ** self.wrong[bars]
 
     def score(self, p_turn: float, bars: int) -> float:
         return float(p_turn) * self.length_prior(bars)
@@ -89,3 +95,20 @@ class HandoverPredictor:
     def remember(self, bars: int) -> None:
         """A call of ``bars`` bars was answered (whatever ended it)."""
         self.lengths.append(int(bars))
+
+    def forget_last(self) -> None:
+        """The last call remembered did not end after all (the player went on)."""
+        if self.lengths:
+            self.lengths.pop()
+
+    def taken_back(self, bars: int) -> None:
+        """A guess that a call of ``bars`` bars had ended was wrong: the player went on.
+
+        A partner who came in early learns to wait: each wrong guess halves that length's
+        prior for the rest of the set, and a call that does end there wins one back.
+        """
+        self.wrong[int(bars)] += 1
+
+    def confirmed(self, bars: int) -> None:
+        if self.wrong[bars]:
+            self.wrong[bars] -= 1

@@ -85,7 +85,7 @@ class Preset:
     response_bars: int = 0  # 0 = as long as the call
     call_bars: int = 0  # 0 = the call ends when the player does; N = trading N-bar phrases
     predict_handover: bool = True  # answer on the line a phrase ends on, not after silence
-    handover_threshold: float = 0.05  # how sure the phrase-end evidence must be (0..1)
+    handover_threshold: float = 0.08  # how sure the phrase-end evidence must be (0..1)
     quantize: bool = True  # the player's notes on the sixteenth/triplet grid the model knows
     silence_beats: float = 2.0  # the call ends after this much silence with all keys up
     max_call_bars: int = 8

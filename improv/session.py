@@ -53,7 +53,8 @@ from improv.controls import Bindings, Learner
 from improv.dynamics import Dynamics
 from improv.guidance import Guide
 from improv.handover import (
-    GRACE_TICKS,
+    GRACE_S,
+    LATE_TICKS,
     LINE_SLACK,
     HandoverPredictor,
     call_bars,
@@ -410,10 +411,9 @@ class Session(PlayerControls):
             else self.clock.beat_ticks
         if line == self._judged or line in self._refused or self._released < line - near:
             return False
-        grace = GRACE_TICKS * self.clock.seconds_per_tick
-        if self.clock.time_fn() < self._release_time + grace:
+        if self.clock.time_fn() < self._release_time + GRACE_S:
             return False
-        if now_tick < line - self.clock.beat_ticks or now_tick > line + LINE_SLACK + GRACE_TICKS:
+        if now_tick < line - self.clock.beat_ticks or now_tick > line + LATE_TICKS:
             return False
         self._judged = line
         bars = call_bars(self._call_bar, line, self.clock.bar_ticks)
@@ -581,6 +581,8 @@ class Session(PlayerControls):
     def _finish_response(self) -> None:
         """The answer has reached its length: end its notes, hand the turn back."""
         r = self._response
+        if r.predicted:  # the guess held: the player let the answer play out
+            self.handover.confirmed(call_bars(r.call_bar, r.start_tick, self.clock.bar_ticks))
         toks = []
         for p in sorted(r.sounding):
             toks += self.encoder.note_off(r.end_tick, p)
@@ -611,10 +613,11 @@ class Session(PlayerControls):
             # Nothing of the answer sounded: the call simply goes on, as if never ended.
             self._rewind(r.call_base, r.call_encoder, r.call_sampler)
             self._call_start, self._call_bar = r.call_start, r.call_bar
-            if self.handover.lengths:
-                self.handover.lengths.pop()  # it was not a call's end after all
+            self.handover.forget_last()  # it was not a call's end after all
             if r.predicted:
                 self._refused.add(r.start_tick)  # not that line again in this call
+                self.handover.taken_back(call_bars(r.call_bar, r.start_tick,
+                                                   self.clock.bar_ticks))
             self.discarded += 1
             if self.responses and self.responses[-1].get("first_note_deadline") is None:
                 self.responses.pop()

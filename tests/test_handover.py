@@ -161,6 +161,19 @@ def test_predictor_follows_the_sets_call_lengths():
     assert h.length_prior(3) > h.length_prior(2)
 
 
+def test_wrong_guesses_teach_the_predictor_to_wait():
+    h = HandoverPredictor(threshold=0.1)
+    h.remember(2)
+    assert h.decide(0.9, 1)  # a strong phrase end after one bar: it would come in
+    h.taken_back(1)
+    h.taken_back(1)
+    assert not h.decide(0.9, 1)  # twice wrong: it waits
+    assert h.decide(0.9, 2)  # other lengths are untouched
+    before = h.length_prior(1)
+    h.confirmed(1)  # a one-bar call that did end there wins one back
+    assert h.length_prior(1) == pytest.approx(2 * before)
+
+
 def test_turn_probability_is_a_softmax_entry():
     import numpy as np
 

@@ -63,7 +63,7 @@ from improv.handover import (
 from improv.knobs import PlayerControls
 from improv.ports import InputQueue
 from improv.presets import Preset, PresetLibrary
-from improv.quantize import SIXTEENTH, quantize_tick
+from improv.quantize import quantize_release, quantize_tick
 from improv.sampler import Constraints, Sampler
 from improv.scheduler import Scheduler
 from improv.session_api import (
@@ -346,12 +346,14 @@ class Session(PlayerControls):
 
     def _quantize(self, tick: int, pitch: int, velocity: int) -> int:
         """The event on the grid; a note keeps at least a sixteenth (no zero-length notes)."""
-        q = quantize_tick(tick, self.clock.bar_start(tick - self._offset) + self._offset)
+        origin = self.clock.bar_start(tick - self._offset) + self._offset
         if velocity > 0:
-            self._on_ticks[pitch] = q
-        else:
-            q = max(q, self._on_ticks.pop(pitch, q - SIXTEENTH) + SIXTEENTH)
-        return q
+            q = self._on_ticks[pitch] = quantize_tick(tick, origin)
+            return q
+        on = self._on_ticks.pop(pitch, None)
+        if on is None:
+            return quantize_tick(tick, origin)
+        return quantize_release(on, tick, origin)
 
     def _record_human(self, pitch: int, velocity: int, t: float, tick: int) -> None:
         self._view("human", pitch, velocity, tick)
@@ -614,10 +616,12 @@ class Session(PlayerControls):
             self._rewind(r.call_base, r.call_encoder, r.call_sampler)
             self._call_start, self._call_bar = r.call_start, r.call_bar
             self.handover.forget_last()  # it was not a call's end after all
-            if r.predicted:
-                self._refused.add(r.start_tick)  # not that line again in this call
+            if wrong and tick >= r.start_tick:  # played on through the line: not that line
+                self._refused.add(r.start_tick)  # again in this call, nor lightly that length
                 self.handover.taken_back(call_bars(r.call_bar, r.start_tick,
                                                    self.clock.bar_ticks))
+            # (A note before the line only says the phrase had more in it: the line may
+            # still end it, judged again at the next release.)
             self.discarded += 1
             if self.responses and self.responses[-1].get("first_note_deadline") is None:
                 self.responses.pop()

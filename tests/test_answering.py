@@ -220,3 +220,12 @@ def test_notes_under_a_held_top_note_are_not_the_top_line():
     assert [p for _, p in s.motifs.machine] == [67] * 4  # the C under it is not there
     ons = s.allowed()[tk.NOTE_ON_BASE: tk.NOTE_OFF_BASE]
     assert not ons[67 - tk.LOWEST_PITCH] and ons[48 - tk.LOWEST_PITCH]
+
+
+def test_a_release_just_short_of_a_note_value_is_that_value():
+    from improv.quantize import quantize_release
+
+    assert quantize_release(0, 22) == 24  # a quarter let go a little early
+    assert quantize_release(96, 96 + 43) == 96 + 48  # a half note at 90%
+    assert quantize_release(0, 31) == 30  # nowhere near a value: the nearest grid position
+    assert quantize_release(0, 1) == 6  # never shorter than a sixteenth

@@ -227,5 +227,5 @@ def test_a_release_just_short_of_a_note_value_is_that_value():
 
     assert quantize_release(0, 22) == 24  # a quarter let go a little early
     assert quantize_release(96, 96 + 43) == 96 + 48  # a half note at 90%
-    assert quantize_release(0, 31) == 30  # nowhere near a value: the nearest grid position
+    assert quantize_release(0, 27) == 24  # far short of a value (36): the nearest grid position
     assert quantize_release(0, 1) == 6  # never shorter than a sixteenth

@@ -345,15 +345,21 @@ class Session(PlayerControls):
         self.ingest_ms.append((self.clock.time_fn() - t) * 1000.0)
 
     def _quantize(self, tick: int, pitch: int, velocity: int) -> int:
-        """The event on the grid; a note keeps at least a sixteenth (no zero-length notes)."""
+        """The event on the grid; a note keeps at least a sixteenth (no zero-length notes).
+
+        Never past the beat line after the event: the stream may run a few ticks ahead of
+        the clock, but never across a line the clock has not reached, where an answer may
+        have to begin.
+        """
         origin = self.clock.bar_start(tick - self._offset) + self._offset
+        cap = self.clock.next_beat(tick - self._offset) + self._offset
         if velocity > 0:
-            q = self._on_ticks[pitch] = quantize_tick(tick, origin)
+            q = self._on_ticks[pitch] = min(quantize_tick(tick, origin), cap)
             return q
         on = self._on_ticks.pop(pitch, None)
         if on is None:
-            return quantize_tick(tick, origin)
-        return quantize_release(on, tick, origin)
+            return min(quantize_tick(tick, origin), cap)
+        return min(quantize_release(on, tick, origin), cap)
 
     def _record_human(self, pitch: int, velocity: int, t: float, tick: int) -> None:
         self._view("human", pitch, velocity, tick)
@@ -411,7 +417,8 @@ class Session(PlayerControls):
         line = self._handover_line(self._released - LINE_SLACK)
         near = self.clock.bar_ticks // 2 if self.preset.response_start == "bar" \
             else self.clock.beat_ticks
-        if line == self._judged or line in self._refused or self._released < line - near:
+        if line == self._judged or line in self._refused or self._released < line - near \
+                or self.encoder.tick > line:
             return False
         if self.clock.time_fn() < self._release_time + GRACE_S:
             return False
@@ -463,10 +470,11 @@ class Session(PlayerControls):
         """Hand over: TURN, place the response on the grid, start generating."""
         self._apply_pending_preset()  # a phrase boundary: a preset waiting for one applies now
         now_tick = self._now()
+        line = self.clock.next_bar if self.preset.response_start == "bar" else self.clock.next_beat
         if start is None:
-            line = self.clock.next_bar if self.preset.response_start == "bar" \
-                else self.clock.next_beat
             start = line(now_tick + self._lead_ticks() - self._offset) + self._offset
+        if start < self.encoder.tick and not trading:  # the stream is past it: the next one
+            start = line(self.encoder.tick - self._offset) + self._offset
         if bars is None:
             bars = call_bars(self._call_bar, self._call_last, self.clock.bar_ticks)
         self.handover.remember(bars)

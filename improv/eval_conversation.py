@@ -48,8 +48,8 @@ from improv.dataset import DataError, default_corpus_dir, load_split, style_name
 from improv.engine import Engine, ModelError
 from improv.eval_dynamics import dynamics_figure, dynamics_line
 from improv.presets import Preset, PresetError, PresetLibrary, apply_overrides, parse_overrides
-from improv.session import RESPONSE, Session, SessionOptions
-from improv.simulate import Script, SimScheduler, SimTime, run
+from improv.session import RESPONSE
+from improv.simulate import Script, run, sim_session
 
 DEFAULT_BPM = 120.0
 ON_TIME_TICKS = 3  # a 32nd: how late a first note may be and still be on the line
@@ -121,21 +121,10 @@ def machine_notes(log, clock: Clock, line: int, origin: int) -> list[tuple[tk.No
     return sorted(out, key=lambda nt: nt[0])
 
 
-def new_session(engine, library: PresetLibrary, preset: Preset, meter: tuple[int, int],
-                bpm: float, seed: int) -> tuple[Session, SimTime, Clock, SimScheduler]:
-    """A session on simulated time, as the live path builds one (tests/test_session.py)."""
-    sim = SimTime()
-    clock = Clock(bpm, *meter, time_fn=sim)
-    sched = SimScheduler(sim)
-    s = Session(engine, clock, sched, library, preset, options=SessionOptions(seed=seed))
-    s.start(thread=False)
-    return s, sim, clock, sched
-
-
 def play(engine, library: PresetLibrary, preset: Preset, notes: Sequence[tk.Note], origin: int,
          bar_ticks: int, meter: tuple[int, int], bars_after: int, bpm: float, seed: int):
     """Play ``notes`` into a fresh session; the machine's notes (with times) and the session."""
-    s, sim, clock, sched = new_session(engine, library, preset, meter, bpm, seed)
+    s, sim, clock, sched = sim_session(engine, library, preset, bpm, meter, seed)
     line = clock.next_bar(clock.now_tick())
     span = max(n.end for n in notes) - origin if notes else 0
     stop_ticks = line - clock.now_tick() + span + bars_after * bar_ticks

@@ -139,6 +139,21 @@ def random_script(rng: random.Random, bpm: float, n_presets: int) -> Script:
     return Script(events, stop_at=t + rng.uniform(0, 4) * beat)
 
 
+def sim_session(engine, library, preset, bpm: float, meter: tuple[int, int] = (4, 4),
+                seed: int = 0):
+    """A real session on simulated time, started without its thread (drive it with ``run``);
+    returns (session, sim time, clock, scheduler)."""
+    from improv.clock import Clock
+    from improv.session import Session, SessionOptions
+
+    sim = SimTime()
+    clock = Clock(bpm, *meter, time_fn=sim)
+    sched = SimScheduler(sim)
+    s = Session(engine, clock, sched, library, preset, options=SessionOptions(seed=seed))
+    s.start(thread=False)
+    return s, sim, clock, sched
+
+
 def run(session, sim: SimTime, scheduler: SimScheduler, script: Script, check=None) -> None:
     """Play ``script`` into a started-but-threadless session, jumping time event to event.
 

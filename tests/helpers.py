@@ -11,10 +11,9 @@ import mido
 
 from improv import dataset
 from improv import tokens as tk
-from improv.clock import Clock
 from improv.presets import apply_overrides
-from improv.session import RESPONSE, Session, SessionOptions
-from improv.simulate import Script, SimScheduler, SimTime, run
+from improv.session import RESPONSE
+from improv.simulate import Script, run, sim_session
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "improv-base"
 Q = tk.TICKS_PER_QUARTER
@@ -52,13 +51,9 @@ class Player:
     """A scripted player on a session's bar grid: notes in ticks from a bar line."""
 
     def __init__(self, engine, library, preset="folk song", seed=0, **overrides):
-        self.sim = SimTime()
-        self.clock = Clock(BPM, time_fn=self.sim)
-        self.sched = SimScheduler(self.sim)
         p = apply_overrides(library.get(preset), humanize_ms=0.0, swing=0.0, **overrides)
-        self.session = Session(engine, self.clock, self.sched, library, p,
-                               options=SessionOptions(seed=seed))
-        self.session.start(thread=False)
+        self.session, self.sim, self.clock, self.sched = sim_session(engine, library, p, BPM,
+                                                                     seed=seed)
         # The first bar line after the stream's start: tick 0 of the script.
         self.origin = self.clock.next_bar(self.clock.now_tick() + 1)
         self.events: list[tuple[float, mido.Message]] = []

@@ -16,20 +16,15 @@ from improv.presets import apply_overrides
 from improv.scheduler import Scheduler
 from improv.session import RESPONSE, Session, SessionOptions
 from improv.session_api import NudgeKnob, SelectPreset, State
-from improv.simulate import Script, SimScheduler, SimTime, random_script, run
+from improv.simulate import Script, SimScheduler, random_script, run, sim_session
 
 
 def make_session(model_dir, library, preset=1, bpm=160.0, seed=0, **overrides):
-    sim = SimTime()
-    clock = Clock(bpm, time_fn=sim)
-    sched = SimScheduler(sim)
     engine = Engine(model_dir, provider="cpu", background=False)
     p = library.by_number(preset)
     if overrides:
         p = apply_overrides(p, **overrides)
-    s = Session(engine, clock, sched, library, p, options=SessionOptions(seed=seed))
-    s.start(thread=False)
-    return s, sim, clock, sched
+    return sim_session(engine, library, p, bpm, seed=seed)
 
 
 def call_script(clock_bpm: float, pitches=(60, 62, 64, 65, 67), stop_at=12.0) -> Script:

@@ -49,6 +49,11 @@ class Answer:
     last_off: dict[int, float] = field(default_factory=dict)  # pitch -> its last off deadline
     first_note: bool = False
 
+    def played_into(self, tick: int, beat_ticks: int) -> bool:
+        """A predicted answer the player plays straight into (before its line, on it, or
+        within its first beat): the guess was wrong, the phrase went on."""
+        return self.predicted and tick < self.start_tick + beat_ticks
+
     def heard(self, tick: int) -> list[int]:
         """The answer's tokens as far as they sounded by ``tick`` (a shift is cut there)."""
         out = []

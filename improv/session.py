@@ -299,7 +299,7 @@ class Session(PlayerControls):
                 # already at the answer; its release must not reach the stream either.
                 self._closed.add(pitch)
                 return
-            wrong = r.predicted and tick < r.start_tick + self.clock.beat_ticks
+            wrong = r.played_into(tick, self.clock.beat_ticks)
             if tick < r.start_tick or wrong or self.preset.mode == "call_response":
                 self._barge_in(tick)  # before the line (or a wrong guess): the call goes on
             # overlap: the response goes on; the player's note joins the context as it comes
@@ -470,11 +470,10 @@ class Session(PlayerControls):
         """Hand over: TURN, place the response on the grid, start generating."""
         self._apply_pending_preset()  # a phrase boundary: a preset waiting for one applies now
         now_tick = self._now()
-        line = self.clock.next_bar if self.preset.response_start == "bar" else self.clock.next_beat
         if start is None:
-            start = line(now_tick + self._lead_ticks() - self._offset) + self._offset
+            start = self._handover_line(now_tick + self._lead_ticks())
         if start < self.encoder.tick and not trading:  # the stream is past it: the next one
-            start = line(self.encoder.tick - self._offset) + self._offset
+            start = self._handover_line(self.encoder.tick)
         if bars is None:
             bars = call_bars(self._call_bar, self._call_last, self.clock.bar_ticks)
         self.handover.remember(bars)
@@ -615,10 +614,9 @@ class Session(PlayerControls):
         if self.guide is not None:
             self.guide.stop()
         self.scheduler.cancel(RESPONSE)
-        # A predicted answer the player plays straight into (on its line, or within its
-        # first beat) was a wrong guess: the phrase went on. At most a note sounded and was
-        # cut; the context forgets it, so the call reads on as one phrase.
-        wrong = r.predicted and tick < r.start_tick + self.clock.beat_ticks
+        # A wrong guess (Answer.played_into): at most a note sounded and was cut; the
+        # context forgets it, so the call reads on as one phrase.
+        wrong = r.played_into(tick, self.clock.beat_ticks)
         if not r.first_note or tick < r.start_tick or wrong:
             # Nothing of the answer sounded: the call simply goes on, as if never ended.
             self._rewind(r.call_base, r.call_encoder, r.call_sampler)

@@ -22,6 +22,7 @@ length follows: up to the bar of the call's last note, never the silence wait.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -62,6 +63,36 @@ def call_bars(call_bar: int, last_tick: int, bar_ticks: int) -> int:
     """
     span = max(0, last_tick - LINE_SLACK - call_bar)
     return max(1, -(-span // bar_ticks))
+
+
+@dataclass
+class Release:
+    """The moment the player's keys all came up: where, when, what the model made of it."""
+
+    tick: int
+    time: float  # seconds of the session's clock
+    p_turn: float  # p(TURN) right after the release's tokens
+    before: tk.StreamEncoder | None  # the stream just before them (None: nothing to probe)
+    pitch: int  # the key whose note-off emptied the keys
+    tokens: list[int]  # the release's tokens as fed
+    fed: int  # the session's fed count once they were in
+
+    def line_turn_p(self, engine, fed: int, line: int) -> float:
+        """p(TURN) had this release landed on ``line``.
+
+        The corpus is engraved: a phrase's last note lasts to the line and TURN follows its
+        note-off there, while a player lets go a little early. So the model is asked about
+        the release moved onto the line: its tokens are swapped out for the moved ones and
+        back again, which leaves the engine as it was. Only while nothing was fed since.
+        """
+        if self.before is None or self.fed != fed or self.tick >= line:
+            return self.p_turn
+        probe = copy.deepcopy(self.before).note_off(line, self.pitch)
+        engine.rewind(len(self.tokens))
+        p = turn_probability(engine.feed(probe))
+        engine.rewind(len(probe))
+        engine.feed(self.tokens)
+        return max(p, self.p_turn)
 
 
 @dataclass

@@ -57,6 +57,7 @@ from improv.handover import (
     LATE_TICKS,
     LINE_SLACK,
     HandoverPredictor,
+    Release,
     call_bars,
     turn_probability,
 )
@@ -150,16 +151,12 @@ class Session(PlayerControls):
         self._call_bar = 0  # the bar line the call counts its bars from
         self._call_last = 0  # tick of the call's last note event
         self._call_notes: list[tuple[int, int]] = []  # (tick, velocity) of the call's note-ons
-        self._released: int | None = None  # tick all keys came up, while they are up
-        self._turn_p = 0.0  # p(TURN) right after that release
-        # (encoder before it, pitch, its tokens, tokens fed after it): for the line probe
-        self._release: tuple[tk.StreamEncoder, int, list[int], int] | None = None
+        self._release: Release | None = None  # the keys all came up (while they are up)
         self._judged: int | None = None  # the line the predictor last judged
         self._closed: set[int] = set()  # keys held at a hand-over, closed in the stream already
         self._on_ticks: dict[int, int] = {}  # key -> its quantized note-on tick
         self._heard = False  # any note of the player's yet
         self._refused: set[int] = set()  # lines this call went on through after a prediction
-        self._release_time = 0.0  # when (seconds) the keys last all came up
         self.handover = HandoverPredictor()
         self.discarded = 0  # prepared answers dropped unheard because the player played on
         self._response: Answer | None = None
@@ -336,12 +333,11 @@ class Session(PlayerControls):
         self._call_last = max(self._call_last, tick) if self._call_start is not None else tick
         self._feed(toks, human=True)
         if velocity == 0 and not self._keys_down:
-            self._released, self._judged = tick, None  # a new release: judge its line afresh
-            self._release_time = t
-            self._turn_p = turn_probability(self._logits)
-            self._release = (before, pitch, toks, self._fed) if before is not None else None
+            self._judged = None  # a new release: judge its line afresh
+            self._release = Release(tick, t, turn_probability(self._logits), before, pitch,
+                                    toks, self._fed)
         elif velocity > 0:
-            self._released = None
+            self._release = None
         self.ingest_ms.append((self.clock.time_fn() - t) * 1000.0)
 
     def _quantize(self, tick: int, pitch: int, velocity: int) -> int:
@@ -412,46 +408,26 @@ class Session(PlayerControls):
         the line is answered on it, a few ms after the release; one let go earlier is
         answered exactly on it, and discarded unheard if the player goes on before it.
         """
-        if self._keys_down or self._released is None:
+        rel = self._release
+        if self._keys_down or rel is None:
             return False
-        line = self._handover_line(self._released - LINE_SLACK)
+        line = self._handover_line(rel.tick - LINE_SLACK)
         near = self.clock.bar_ticks // 2 if self.preset.response_start == "bar" \
             else self.clock.beat_ticks
-        if line == self._judged or line in self._refused or self._released < line - near \
+        if line == self._judged or line in self._refused or rel.tick < line - near \
                 or self.encoder.tick > line:
             return False
-        if self.clock.time_fn() < self._release_time + GRACE_S:
+        if self.clock.time_fn() < rel.time + GRACE_S:
             return False
         if now_tick < line - self.clock.beat_ticks or now_tick > line + LATE_TICKS:
             return False
         self._judged = line
         bars = call_bars(self._call_bar, line, self.clock.bar_ticks)
         self.handover.threshold = self.preset.handover_threshold
-        if not self.handover.decide(self._line_turn_p(line), bars):
+        if not self.handover.decide(rel.line_turn_p(self.engine, self._fed, line), bars):
             return False
         self._end_call("predicted", start=line, bars=bars, predicted=True)
         return True
-
-    def _line_turn_p(self, line: int) -> float:
-        """p(TURN) had the player's last release landed on ``line``.
-
-        The corpus is engraved: a phrase's last note lasts to the line and TURN follows
-        its note-off there, while a player lets go a little early. So the model is asked
-        about the release moved onto the line (the tokens swapped in and out again,
-        which leaves the stream as it was), as a listener hears a phrase end.
-        """
-        rel = self._release
-        if rel is None or rel[3] != self._fed or self._released >= line:
-            return self._turn_p
-        before, pitch, toks, _ = rel
-        probe = copy.deepcopy(before).note_off(line, pitch)
-        logits = self._logits
-        self.engine.rewind(len(toks))
-        p = turn_probability(self.engine.feed(probe))
-        self.engine.rewind(len(probe))
-        self.engine.feed(toks)
-        self._logits = logits
-        return max(p, self._turn_p)
 
     def _handover_line(self, tick: float) -> int:
         """The first bar line (or beat, with ``response_start = "beat"``) at or after ``tick``."""
@@ -492,7 +468,7 @@ class Session(PlayerControls):
         toks += self.encoder.advance(start)
         self._feed(toks, human=True)
         self._call_start = None
-        self._released = None
+        self._release = None
         self._response = Answer(
             start_tick=start,
             end_tick=end,

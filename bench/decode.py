@@ -1,6 +1,6 @@
 """Per-token decode latency: ONNX Runtime with the KV cache against torch, at each fill and a roll.
 
-Measures ``improv.engine.Engine.step`` (ONNX Runtime, CPU, 1 and 2 intra-op threads; CUDA
+Measures ``improv.live.engine.Engine.step`` (ONNX Runtime, CPU, 1 and 2 intra-op threads; CUDA
 when a GPU really runs) at context fill 10%, 50% and 100% and across context rolls, the
 same model in torch eager with its KV cache (``GPT.forward_cached``) and torch eager
 recomputing the whole window every token (fewer steps; the count is in the results). A
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from improv import tokens as tk
-from improv.engine import Engine, ModelError
+from improv.core import tokens as tk
+from improv.live.engine import Engine, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 FILLS = (0.1, 0.5, 1.0)
@@ -61,8 +61,8 @@ def build_random_model(out: Path, context: int | None = None, like: dict | None 
     """A random-weight model of the default config (or ``like``), exported to ONNX."""
     import torch
 
-    from improv.export import export_model
-    from improv.model import GPT, ModelConfig, default_styles, save_model
+    from improv.learn.export import export_model
+    from improv.learn.model import GPT, ModelConfig, default_styles, save_model
 
     torch.manual_seed(0)
     kw = {k: like[k] for k in ("n_layer", "n_head", "d_model", "d_ff") if like and k in like}
@@ -151,7 +151,7 @@ def ort_roll(model: Path, provider: str, threads: int, steps: int, pace_ms: floa
 def torch_cached(model: Path, fill: float, steps: int) -> dict:
     import torch
 
-    from improv.model import load_model
+    from improv.learn.model import load_model
 
     gpt = load_model(model)
     C = gpt.cfg.context
@@ -176,7 +176,7 @@ def torch_cached(model: Path, fill: float, steps: int) -> dict:
 def torch_nocache(model: Path, fill: float, steps: int) -> dict:
     import torch
 
-    from improv.model import load_model
+    from improv.learn.model import load_model
 
     gpt = load_model(model)
     pos = fill_position(gpt.cfg.context, fill)

@@ -9,8 +9,8 @@
   process; start-up time, resident memory, and for each scripted call the first
   answer note's lateness against the jam's own MIDI clock pulse of its planned beat.
 
-All times are seconds of ``improv.clock.now``, which is system-wide on Linux, so
-stamps taken in two processes compare. Loaded by improv.benchmark from this folder.
+All times are seconds of ``improv.live.clock.now``, which is system-wide on Linux, so
+stamps taken in two processes compare. Loaded by improv.commands.bench from this folder.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from improv.clock import Clock, now
-from improv.ports import get_backend, input_names, match_port
+from improv.live.clock import Clock, now
+from improv.live.ports import get_backend, input_names, match_port
 
 CALL = (60, 62, 64, 65, 67, 65, 64, 62)  # the e2e test's phrase: 0.2 s notes, 0.05 s gaps
 
@@ -136,11 +136,11 @@ class _NullOutput:
 
 def ingest(model_dir: Path, seconds: float, bpm: float = 120.0) -> dict:
     """Play the demo's call into a running session, again and again; ``Session.ingest_ms``."""
-    from improv.demo import BUILT_IN_CALL, play_call
-    from improv.engine import Engine
-    from improv.presets import PresetLibrary, apply_overrides
-    from improv.scheduler import Scheduler
-    from improv.session import Session, SessionOptions
+    from improv.commands.demo import BUILT_IN_CALL, play_call
+    from improv.core.presets import PresetLibrary, apply_overrides
+    from improv.live.engine import Engine
+    from improv.live.scheduler import Scheduler
+    from improv.live.session import Session, SessionOptions
 
     clock = Clock(bpm)
     sched = Scheduler(_NullOutput())
@@ -179,7 +179,7 @@ def ingest(model_dir: Path, seconds: float, bpm: float = 120.0) -> dict:
 
 def schedule_grid(seconds: float, loaded: bool, bpm: float = 120.0) -> dict:
     """One message per tick through JACK; errors at the receiver and at the scheduler."""
-    from improv.scheduler import Scheduler
+    from improv.live.scheduler import Scheduler
 
     backend = get_backend("jack")
     name = f"improv bench grid {os.getpid()}"

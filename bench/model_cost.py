@@ -11,7 +11,7 @@ stepped in, so the token counts are those of real music whatever the weights.
 
 Notes come from the token corpus (``improv data``) when it is there, else from a
 synthetic melody through the same StreamEncoder, and the source is reported.
-Loaded by improv.benchmark from this folder; it never imports torch.
+Loaded by improv.commands.bench from this folder; it never imports torch.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from improv import tokens as tk
-from improv.engine import Engine
-from improv.sampler import Sampler
+from improv.core import tokens as tk
+from improv.live.engine import Engine
+from improv.live.sampler import Sampler
 
 _NOTE_END = (tk.is_note_on, tk.is_note_off)
 

@@ -3,7 +3,7 @@
 Each session is a real Session (the model's engine and sampler, the real token
 stream) driven by a scripted player: random calls, chords, barge-ins into the
 answer, preset switches (at once or at the next phrase) and a stop at a random
-moment. Time is simulated (improv.simulate), so a thousand sessions take minutes.
+moment. Time is simulated (improv.live.simulate), so a thousand sessions take minutes.
 
 It counts, per session:
 - notes still sounding once an answer is over and nothing is pending (the session
@@ -23,12 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-from improv.clock import Clock
-from improv.engine import Engine
-from improv.jam import default_model_dir
-from improv.presets import PresetLibrary
-from improv.session import RESPONSE, Session, SessionOptions
-from improv.simulate import SimScheduler, SimTime, random_script, run
+from improv.commands.jam import default_model_dir
+from improv.core.presets import PresetLibrary
+from improv.live.clock import Clock
+from improv.live.engine import Engine
+from improv.live.session import RESPONSE, Session, SessionOptions
+from improv.live.simulate import SimScheduler, SimTime, random_script, run
 
 
 def soak(model_dir: Path, sessions: int, seed: int = 0) -> dict:

@@ -1,10 +1,10 @@
 """How each benchmark of ``improv bench`` runs and what of it goes into the result.
 
-``Suite`` has one method per benchmark name of ``improv.benchmark.BENCHMARKS``; each
+``Suite`` has one method per benchmark name of ``improv.commands.bench.BENCHMARKS``; each
 returns that benchmark's part of the result (``configs`` of latency distributions
 plus whatever else it found) and keeps raw samples in ``samples`` for the plots.
 Quick runs (``--quick``) take fewer samples of everything. Loaded by
-improv.benchmark from this folder.
+improv.commands.bench from this folder.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from improv.benchmark import (
+from improv.commands.bench import (
     BAR_HANDOVER_MS,
     BAR_LATE_MS,
     BAR_RATIO,
@@ -55,7 +55,7 @@ class Suite:
                 put(f"ort_cpu_{threads}t/fill{round(f * 100)}",
                     dec.ort_fixed_fill(self.model, "cpu", threads, f, steps))
             put(f"ort_cpu_{threads}t/roll", dec.ort_roll(self.model, "cpu", threads, steps))
-        from improv.engine import Engine, ModelError
+        from improv.live.engine import Engine, ModelError
 
         try:
             Engine(self.model, provider="cuda", background=False)

@@ -12,8 +12,8 @@ whatever the player holds).
 
 The player listens through :class:`Listener` (rtmidi's queue, no Python in JACK's
 thread) and checks its output with a probe note first; a jam that does not hear it is
-replaced (counted in ``jam_restarts``). All times are seconds of ``improv.clock.now``
-(system-wide on Linux). Loaded by improv.benchmark from this folder.
+replaced (counted in ``jam_restarts``). All times are seconds of ``improv.live.clock.now``
+(system-wide on Linux). Loaded by improv.commands.bench from this folder.
 
 With ``predicted=True`` the same calls go to a jam with ``call_bars=0``, the default
 hand-over: the session must judge from the phrase itself that it ends on that line
@@ -36,10 +36,10 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from improv.benchmark import load_bench
-from improv.clock import now
-from improv.handover import LINE_SLACK
-from improv.ports import get_backend, input_names, match_port
+from improv.commands.bench import load_bench
+from improv.live.clock import now
+from improv.live.handover import LINE_SLACK
+from improv.live.ports import get_backend, input_names, match_port
 
 live = load_bench("live")
 LiveError = live.LiveError
@@ -162,7 +162,7 @@ class Listener:
     (its queue mode, no callback), and a thread here polls the queue. A callback would
     take the GIL in JACK's real-time thread; on a busy machine that thread then misses
     its cycle, and JACK drops or repeats that cycle's messages (pulses lost, note-offs
-    lost). Times are JACK's, put on ``improv.clock.now`` by the smallest poll delay
+    lost). Times are JACK's, put on ``improv.live.clock.now`` by the smallest poll delay
     among the neighbouring messages; ``copy()`` is ``Recorder.copy()``.
     """
 

@@ -1,7 +1,7 @@
 """The `improv` command: one entry point, one module per subcommand.
 
 Each subcommand lives in the module that owns its concept and exposes
-``main(argv) -> int`` with its own argument parser, so ``python -m improv.data``
+``main(argv) -> int`` with its own argument parser, so ``python -m improv.learn.data``
 and ``improv data`` are the same program. Modules are imported only when their
 command runs, which keeps torch out of ``improv jam``.
 """
@@ -13,16 +13,16 @@ import sys
 
 # name -> (module, one-line help). The module's main() parses the rest.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("improv.demo", "the whole loop with no hardware: a call in, a response out"),
-    "jam": ("improv.jam", "play live: call and response with your keyboard"),
-    "ports": ("improv.ports", "list MIDI inputs and outputs"),
-    "presets": ("improv.presets", "list style presets"),
-    "recover": ("improv.recording", "turn a partial session recording into a playable .mid"),
-    "data": ("improv.data", "build the token corpus (music21 corpus and your own .mid files)"),
-    "train": ("improv.train", "train or fine-tune a model"),
-    "export": ("improv.export", "export a trained model to ONNX"),
-    "eval": ("improv.evaluate", "evaluate a model against the n-gram baseline"),
-    "bench": ("improv.benchmark", "run the latency benchmarks"),
+    "demo": ("improv.commands.demo", "the whole loop with no hardware: a call in, a response out"),
+    "jam": ("improv.commands.jam", "play live: call and response with your keyboard"),
+    "ports": ("improv.live.ports", "list MIDI inputs and outputs"),
+    "presets": ("improv.core.presets", "list style presets"),
+    "recover": ("improv.live.recording", "turn a partial session recording into a playable .mid"),
+    "data": ("improv.learn.data", "build the token corpus (music21 and your .mid files)"),
+    "train": ("improv.learn.train", "train or fine-tune a model"),
+    "export": ("improv.learn.export", "export a trained model to ONNX"),
+    "eval": ("improv.learn.evaluate", "evaluate a model against the n-gram baseline"),
+    "bench": ("improv.commands.bench", "run the latency benchmarks"),
 }
 
 

@@ -3,7 +3,7 @@
 How the JACK tests connect ports (checked with jackd2 1.9 and python-rtmidi 1.5):
 rtmidi's JACK backend makes the connection itself. Opening a port *by name*
 (``backend.open_input('client:port')`` / ``open_output(...)``, which is what
-``improv.ports.MidiInput('part of name')`` does) creates our own JACK port and
+``improv.live.ports.MidiInput('part of name')`` does) creates our own JACK port and
 connects it to the named one. Virtual ports (``virtual=True``) are plain JACK
 ports named ``client:port`` (client 'improv' for improv's own), visible to any
 JACK client. The ``jack_connect`` / ``jack_lsp`` tools of jackd2 work too but
@@ -111,8 +111,8 @@ def tiny_model_dir(tmp_path_factory):
     """A tiny random-weight model, exported to ONNX: the live path's tests run on it."""
     import torch
 
-    from improv.export import export_model
-    from improv.model import GPT, ModelConfig, default_styles, save_model
+    from improv.learn.export import export_model
+    from improv.learn.model import GPT, ModelConfig, default_styles, save_model
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-model")
@@ -138,6 +138,6 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def library():
     """The shipped presets."""
-    from improv.presets import PresetLibrary
+    from improv.core.presets import PresetLibrary
 
     return PresetLibrary()

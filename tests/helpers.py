@@ -9,11 +9,11 @@ from pathlib import Path
 
 import mido
 
-from improv import dataset
-from improv import tokens as tk
-from improv.presets import apply_overrides
-from improv.session import RESPONSE
-from improv.simulate import Script, run, sim_session
+from improv.core import tokens as tk
+from improv.core.presets import apply_overrides
+from improv.learn import dataset
+from improv.live.session import RESPONSE
+from improv.live.simulate import Script, run, sim_session
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "improv-base"
 Q = tk.TICKS_PER_QUARTER

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from helpers import BAR, Player, Q
 
-from improv import tokens as tk
-from improv.dynamics import Dynamics
-from improv.engine import Engine
-from improv.guidance import Guide, log_softmax
-from improv.sampler import Constraints, Sampler
+from improv.core import tokens as tk
+from improv.live.dynamics import Dynamics
+from improv.live.engine import Engine
+from improv.live.guidance import Guide, log_softmax
+from improv.live.sampler import Constraints, Sampler
 
 # --- dynamics --------------------------------------------------------------------------------
 
@@ -105,7 +105,7 @@ def test_the_guide_stream_holds_the_answer_but_not_the_call(tiny_model_dir, libr
 
 
 def test_echo_favours_the_pitch_that_completes_a_call_shape():
-    from improv.motifs import MotifMemory
+    from improv.live.motifs import MotifMemory
 
     m = MotifMemory()
     for i, p in enumerate([60, 62, 64, 60, 62, 64]):  # shape (+2, +2) and (+2, -4)
@@ -121,7 +121,7 @@ def test_echo_favours_the_pitch_that_completes_a_call_shape():
 
 
 def test_a_chord_counts_once_on_the_top_line():
-    from improv.motifs import MotifMemory
+    from improv.live.motifs import MotifMemory
 
     m = MotifMemory()
     m.observe(60, 0, human=True)
@@ -145,7 +145,7 @@ def test_a_pitch_struck_four_times_running_is_not_struck_again():
 def test_echo_reaches_the_sampled_answer(tiny_model_dir, library):
     """The same call and seed, with and without echo: echo makes the answer's top line
     take up more of the call's shapes (the live path, not only the bias)."""
-    from improv.conversation import interval_shapes
+    from improv.learn.conversation import interval_shapes
 
     def shapes_shared(echo):
         pl = Player(Engine(tiny_model_dir, provider="cpu", background=False), library,
@@ -164,7 +164,7 @@ def test_echo_reaches_the_sampled_answer(tiny_model_dir, library):
 
 
 def test_quantize_to_sixteenths_and_triplets():
-    from improv.quantize import quantize_tick
+    from improv.live.quantize import quantize_tick
 
     assert quantize_tick(94) == 96 and quantize_tick(98, origin=96) == 96
     assert quantize_tick(9) == 8 and quantize_tick(17) == 16 and quantize_tick(13) == 12
@@ -190,7 +190,7 @@ def test_a_player_off_the_grid_reaches_the_model_on_it(tiny_model_dir, library):
 def test_echo_picks_which_note_not_whether_one():
     """The boost keeps the allowed NOTE_ONs' total probability: echo must not make the
     answer denser than the model would play it."""
-    from improv.sampler import _reweigh
+    from improv.live.sampler import _reweigh
 
     rng = np.random.default_rng(0)
     on = rng.normal(size=tk.N_PITCHES)
@@ -223,7 +223,7 @@ def test_notes_under_a_held_top_note_are_not_the_top_line():
 
 
 def test_a_release_just_short_of_a_note_value_is_that_value():
-    from improv.quantize import quantize_release
+    from improv.live.quantize import quantize_release
 
     assert quantize_release(0, 22) == 24  # a quarter let go a little early
     assert quantize_release(96, 96 + 43) == 96 + 48  # a half note at 90%

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from improv import tokens as tk
-from improv.baseline import BaselineError, NGramModel
+from improv.core import tokens as tk
+from improv.learn.baseline import BaselineError, NGramModel
 
 
 def motif_corpus(n_pieces: int, seed: int) -> list[list[int]]:

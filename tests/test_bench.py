@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from improv import benchmark as bm
-from improv import tokens as tk
+from improv.commands import bench as bm
+from improv.core import tokens as tk
 
 # --- summaries and the schema ----------------------------------------------------------------
 
@@ -409,10 +409,10 @@ def test_unknown_benchmark_is_a_clear_error(capsys):
 def test_session_records_note_in_to_tokens_fed(tiny_model_dir):
     import mido
 
-    from improv.clock import Clock
-    from improv.engine import Engine
-    from improv.session import Session
-    from improv.simulate import SimScheduler, SimTime
+    from improv.live.clock import Clock
+    from improv.live.engine import Engine
+    from improv.live.session import Session
+    from improv.live.simulate import SimScheduler, SimTime
 
     sim = SimTime()
     clock = Clock(120.0, time_fn=sim)

@@ -12,8 +12,8 @@ from fractions import Fraction
 import mido
 import pytest
 
-from improv.clock import Clock, ClockSender, MidiClockFollower
-from improv.ports import MidiInput, MidiOutput
+from improv.live.clock import Clock, ClockSender, MidiClockFollower
+from improv.live.ports import MidiInput, MidiOutput
 
 
 class FakeTime:

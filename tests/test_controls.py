@@ -5,8 +5,9 @@ import json
 import mido
 import pytest
 
-from improv import controls
-from improv.controls import (
+from improv.core.presets import user_preset_dir
+from improv.live import controls
+from improv.live.controls import (
     Binding,
     Bindings,
     ControlsError,
@@ -18,8 +19,7 @@ from improv.controls import (
     save_bindings,
     value_to_cc,
 )
-from improv.presets import user_preset_dir
-from improv.session_api import KNOBS
+from improv.live.session_api import KNOBS
 
 
 @pytest.mark.parametrize("knob", list(KNOBS))

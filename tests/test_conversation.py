@@ -10,9 +10,10 @@ import mido
 import numpy as np
 import pytest
 
-from improv import dataset
-from improv import tokens as tk
-from improv.conversation import (
+from improv.core import tokens as tk
+from improv.core.tokens import Note
+from improv.learn import dataset
+from improv.learn.conversation import (
     Phrase,
     all_responsiveness,
     answer_figures,
@@ -21,8 +22,7 @@ from improv.conversation import (
     rhythm_similarity,
     top_line,
 )
-from improv.conversation_pairs import choose_pairs, pairs_of_piece, windows_of_piece
-from improv.tokens import Note
+from improv.learn.conversation_pairs import choose_pairs, pairs_of_piece, windows_of_piece
 
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 BAR = 96
@@ -184,7 +184,7 @@ def test_in_key_and_density():
 
 
 def test_key_agrees_with_the_evaluations_key_finder():
-    from improv.eval_musical import estimate_key as on_tokens
+    from improv.learn.eval_musical import estimate_key as on_tokens
     from tests.helpers import random_piece
 
     rng = random.Random(0)
@@ -268,9 +268,9 @@ def test_windows_and_choice_cover_every_style():
 
 
 def test_machine_notes_close_on_untagged_offs():
-    from improv.clock import Clock
-    from improv.eval_conversation import machine_notes
-    from improv.simulate import Sent
+    from improv.learn.eval_conversation import machine_notes
+    from improv.live.clock import Clock
+    from improv.live.simulate import Sent
 
     clock = Clock(120.0, time_fn=lambda: 0.0)
     spt = clock.seconds_per_tick
@@ -284,8 +284,8 @@ def test_machine_notes_close_on_untagged_offs():
 
 
 def test_ngram_engine_rewind_equals_never_having_fed(tmp_path):
-    from improv.baseline import NGramModel
-    from improv.ngram_engine import NGramEngine
+    from improv.learn.baseline import NGramModel
+    from improv.learn.ngram_engine import NGramEngine
     from tests.helpers import random_piece
 
     rng = random.Random(0)
@@ -330,9 +330,9 @@ def turn_corpus(tmp_path_factory):
 
 
 def test_answers_come_back_in_the_calls_frame(tiny_model_dir, turn_corpus):
-    from improv.engine import Engine
-    from improv.eval_conversation import answer_pair, choose_presets
-    from improv.presets import PresetLibrary
+    from improv.core.presets import PresetLibrary
+    from improv.learn.eval_conversation import answer_pair, choose_presets
+    from improv.live.engine import Engine
 
     split = dataset.load_split(turn_corpus, "val")
     pairs, _ = pairs_of_piece(split.piece(0).astype(np.int64), "v0", "chorale")
@@ -348,7 +348,7 @@ def test_answers_come_back_in_the_calls_frame(tiny_model_dir, turn_corpus):
 
 
 def test_the_harness_runs_end_to_end(tiny_model_dir, turn_corpus, tmp_path, capsys):
-    from improv.evaluate import main
+    from improv.learn.evaluate import main
 
     out = tmp_path / "conv.json"
     rc = main(["--model", str(tiny_model_dir), "--corpus", str(turn_corpus), "--conversation",
@@ -375,9 +375,9 @@ def test_the_harness_runs_end_to_end(tiny_model_dir, turn_corpus, tmp_path, caps
 
 
 def test_dynamics_figure_tells_a_followed_call_from_an_ignored_one(tiny_model_dir, turn_corpus):
-    from improv.engine import Engine
-    from improv.eval_dynamics import dynamics_figure
-    from improv.presets import PresetLibrary, apply_overrides
+    from improv.core.presets import PresetLibrary, apply_overrides
+    from improv.learn.eval_dynamics import dynamics_figure
+    from improv.live.engine import Engine
 
     split = dataset.load_split(turn_corpus, "val")
     pairs = []
@@ -400,7 +400,7 @@ def test_dynamics_figure_tells_a_followed_call_from_an_ignored_one(tiny_model_di
 
 def test_bad_set_and_missing_corpus_are_one_line_errors(tiny_model_dir, turn_corpus, tmp_path,
                                                         capsys):
-    from improv.evaluate import main
+    from improv.learn.evaluate import main
 
     rc = main(["--model", str(tiny_model_dir), "--corpus", str(turn_corpus), "--conversation",
                "--set", "tempreature=0.8"])

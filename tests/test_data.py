@@ -1,14 +1,14 @@
-"""The corpus builder: music21 -> notes -> tokens (improv.pieces), turns, sources, the build."""
+"""The corpus builder: music21 -> notes -> tokens (learn.pieces), turns, sources, the build."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from improv import data, dataset, pieces
-from improv import tokens as tk
-from improv.midifile import Score, read_midi, write_midi
-from improv.tokens import Note
+from improv.core import tokens as tk
+from improv.core.midifile import Score, read_midi, write_midi
+from improv.core.tokens import Note
+from improv.learn import data, dataset, pieces
 
 music21 = pytest.importorskip("music21")  # a [train] extra; CI installs it
 from music21 import corpus  # noqa: E402

@@ -1,13 +1,13 @@
-"""The dataset on disk and its sampler (improv.dataset): format round trip, crops, transposition."""
+"""The dataset on disk and its sampler (learn.dataset): format round trip, crops, transposition."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from improv import dataset
-from improv import tokens as tk
-from improv.tokens import Note
+from improv.core import tokens as tk
+from improv.core.tokens import Note
+from improv.learn import dataset
 
 
 def test_transpose_tokens_moves_notes_and_rejects_out_of_range():

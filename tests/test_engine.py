@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from improv import tokens as tk
-from improv.engine import Engine, ModelError
-from improv.sampler import Constraints, Sampler
+from improv.core import tokens as tk
+from improv.live.engine import Engine, ModelError
+from improv.live.sampler import Constraints, Sampler
 
 C = 64
 TOL = 1e-4
@@ -26,8 +26,8 @@ def tiny(tmp_path_factory):
     """A random-weight model with a 64-token window, exported to ONNX."""
     import torch
 
-    from improv.export import export_model
-    from improv.model import GPT, ModelConfig, default_styles, save_model
+    from improv.learn.export import export_model
+    from improv.learn.model import GPT, ModelConfig, default_styles, save_model
 
     torch.manual_seed(0)
     gpt = GPT(ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, context=C)).eval()
@@ -207,10 +207,10 @@ def test_sample_draws_observes_and_steps(tiny):
 
 def test_auto_provider_runs_cpu_here_with_one_log_line(tiny, caplog):
     d, _ = tiny
-    with caplog.at_level(logging.INFO, logger="improv.engine"):
+    with caplog.at_level(logging.INFO, logger="improv.live.engine"):
         e = Engine(d, provider="auto", background=False)
     if e.provider == "cpu":
-        lines = [r.getMessage() for r in caplog.records if r.name == "improv.engine"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "improv.live.engine"]
         assert len(lines) == 1 and "CPU" in lines[0], lines
         with pytest.raises(ModelError, match="cuda"):
             Engine(d, provider="cuda")
@@ -246,6 +246,6 @@ def test_missing_or_corrupt_models_raise_model_error(tiny, tmp_path):
 
 
 def test_engine_module_never_imports_torch():
-    code = "import sys, improv.engine, improv.sampler; print('torch' in sys.modules)"
+    code = "import sys, improv.live.engine, improv.live.sampler; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

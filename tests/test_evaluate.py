@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from improv import eval_musical as mu
-from improv import evaluate as ev
-from improv import tokens as tk
-from improv.dataset import write_split
-from improv.model import GPT, ModelConfig, save_model
+from improv.core import tokens as tk
+from improv.learn import eval_musical as mu
+from improv.learn import evaluate as ev
+from improv.learn.dataset import write_split
+from improv.learn.model import GPT, ModelConfig, save_model
 
 SCALE_C = [60, 62, 64, 65, 67, 69, 71, 72]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

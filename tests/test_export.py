@@ -1,4 +1,4 @@
-"""The ONNX export against the torch model: the decode contract in improv/export.py."""
+"""The ONNX export against the torch model: the decode contract in improv/learn/export.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import random_piece, tiny_flags, write_corpus
 
-from improv import export, train
-from improv import tokens as tk
-from improv.model import load_model
+from improv.core import tokens as tk
+from improv.learn import export, train
+from improv.learn.model import load_model
 
 # Context 320 so that a 300-token decode fits without re-encoding.
 TINY_FLAGS = tiny_flags(context=320)

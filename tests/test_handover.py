@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from helpers import BAR, SHIPPED, Player, Q
 
-from improv.engine import Engine
-from improv.handover import HandoverPredictor, call_bars, turn_probability
+from improv.live.engine import Engine
+from improv.live.handover import HandoverPredictor, call_bars, turn_probability
 
 TICK_TOL = 0.05  # simulated time steps at least 0.1 ms: a send may land that much late
 

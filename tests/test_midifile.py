@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from improv.midifile import MidiFileError, Score, read_midi, score_tokens, write_midi
-from improv.tokens import BAR, Note, is_time_shift, shift_ticks
+from improv.core.midifile import MidiFileError, Score, read_midi, score_tokens, write_midi
+from improv.core.tokens import BAR, Note, is_time_shift, shift_ticks
 
 # --- writing files by hand -----------------------------------------------------------------
 

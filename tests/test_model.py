@@ -1,4 +1,4 @@
-"""The transformer, its training loop and model directories (improv.model, improv.train)."""
+"""The transformer, its training loop and model directories (learn.model, learn.train)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from helpers import tiny_flags, write_corpus
 from safetensors.torch import load_file
 
-from improv import tokens as tk
-from improv import train
-from improv.model import GPT, ModelConfig, ModelError, load_model, save_model
+from improv.core import tokens as tk
+from improv.learn import train
+from improv.learn.model import GPT, ModelConfig, ModelError, load_model, save_model
 
 TINY = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, context=64)  # what TINY_FLAGS train
 TINY_FLAGS = tiny_flags(TINY.context)
@@ -214,7 +214,7 @@ def test_resume_restores_step_weights_and_data_order(corpus, tmp_path):
 
 
 def test_fine_tune_on_a_midi_folder_takes_a_user_style_slot(corpus, tmp_path):
-    from improv.midifile import Score, write_midi
+    from improv.core.midifile import Score, write_midi
 
     base = tmp_path / "base"
     assert (

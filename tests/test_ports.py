@@ -8,8 +8,8 @@ import time
 import mido
 import pytest
 
-from improv import ports
-from improv.ports import InputQueue, MidiInput, MidiOutput, PortError, PortWatcher, match_port
+from improv.live import ports
+from improv.live.ports import InputQueue, MidiInput, MidiOutput, PortError, PortWatcher, match_port
 
 
 class FakePort:

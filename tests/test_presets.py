@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from improv import presets as P
-from improv.presets import Preset, PresetError, PresetLibrary
+from improv.core import presets as P
+from improv.core.presets import Preset, PresetError, PresetLibrary
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets"
 SHIPPED_FILES = sorted(SHIPPED.glob("*.toml"))
@@ -55,7 +55,7 @@ def test_shipped_presets_span_sparse_and_busy():
 
 
 def test_corpus_styles_match_the_vocabulary():
-    from improv.tokens import CORPUS_STYLES
+    from improv.core.tokens import CORPUS_STYLES
 
     assert P.CORPUS_STYLES == CORPUS_STYLES
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import mido
 import pytest
 
-from improv import recording as R
-from improv.recording import RecordingError, SessionRecorder
+from improv.live import recording as R
+from improv.live.recording import RecordingError, SessionRecorder
 
 SCALE = R.FILE_TICKS_PER_BEAT // R.TICKS_PER_QUARTER
 
@@ -104,7 +104,7 @@ def test_journal_reaches_disk_without_sync_or_close(tmp_path):
 
 CRASHING_SESSION = textwrap.dedent("""
     import os, sys
-    from improv.recording import SessionRecorder
+    from improv.live.recording import SessionRecorder
     rec = SessionRecorder(sys.argv[1], bpm=100)
     for i in range(8):
         rec.note_on("human", 60 + i, 70, i * 24)

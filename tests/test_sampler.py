@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from improv import tokens as tk
-from improv.keys import MODES
-from improv.sampler import Constraints, Sampler, SamplerError, infer_key, parse_key
+from improv.core import tokens as tk
+from improv.core.keys import MODES
+from improv.live.sampler import Constraints, Sampler, SamplerError, infer_key, parse_key
 
 V = tk.VOCAB_SIZE
 BAR_TICKS = 96

@@ -11,8 +11,8 @@ import time
 import mido
 import pytest
 
-from improv.clock import now
-from improv.scheduler import Scheduler
+from improv.live.clock import now
+from improv.live.scheduler import Scheduler
 
 
 class FakeOutput:
@@ -263,8 +263,8 @@ def test_latency_compensation_sends_early():
 def test_notes_end_at_interpreter_exit_without_stop():
     code = """
 import sys, time, mido
-from improv.clock import now
-from improv.scheduler import Scheduler
+from improv.live.clock import now
+from improv.live.scheduler import Scheduler
 class Out:
     def send(self, msg):
         print(msg.type, msg.note if hasattr(msg, 'note') else msg.control, flush=True)

@@ -9,14 +9,14 @@ import mido
 import numpy as np
 import pytest
 
-from improv import tokens as tk
-from improv.clock import Clock
-from improv.engine import Engine
-from improv.presets import apply_overrides
-from improv.scheduler import Scheduler
-from improv.session import RESPONSE, Session, SessionOptions
-from improv.session_api import NudgeKnob, SelectPreset, State
-from improv.simulate import Script, SimScheduler, random_script, run, sim_session
+from improv.core import tokens as tk
+from improv.core.presets import apply_overrides
+from improv.live.clock import Clock
+from improv.live.engine import Engine
+from improv.live.scheduler import Scheduler
+from improv.live.session import RESPONSE, Session, SessionOptions
+from improv.live.session_api import NudgeKnob, SelectPreset, State
+from improv.live.simulate import Script, SimScheduler, random_script, run, sim_session
 
 
 def make_session(model_dir, library, preset=1, bpm=160.0, seed=0, **overrides):
@@ -189,8 +189,8 @@ def test_real_time_session_with_the_real_scheduler(tiny_model_dir, library):
 
 
 def test_midi_learn_binds_a_cc_and_the_cc_turns_the_knob(tiny_model_dir, library):
-    from improv.controls import Bindings, Learner
-    from improv.session_api import Learn
+    from improv.live.controls import Bindings, Learner
+    from improv.live.session_api import Learn
 
     saved = []
     s, sim, clock, sched = make_session(tiny_model_dir, library)
@@ -225,7 +225,7 @@ def test_pedal_ends_the_call(tiny_model_dir, library):
 
 def test_following_a_midi_clock_master_that_moves_the_song_position(tiny_model_dir, library):
     """A DAW as master: the answer lands on the master's beats, before and after a jump."""
-    from improv.clock import MidiClockFollower
+    from improv.live.clock import MidiClockFollower
 
     s, sim, clock, sched = make_session(tiny_model_dir, library, humanize_ms=0.0, swing=0.0,
                                         response_start="beat", silence_beats=1.0)
@@ -259,7 +259,7 @@ def test_following_a_midi_clock_master_that_moves_the_song_position(tiny_model_d
 def test_picking_another_port_reopens_it_off_the_session_thread(tiny_model_dir, library):
     import threading
 
-    from improv.session_api import PortView, SelectPort
+    from improv.live.session_api import PortView, SelectPort
 
     s, sim, clock, sched = make_session(tiny_model_dir, library)
     s.ports = (PortView("in", "keys", True), PortView("out", "synth A", True))

@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from improv.tokens import (
+from improv.core.tokens import (
     BAR,
     HIGHEST_PITCH,
     LOWEST_PITCH,

@@ -19,8 +19,8 @@ import pytest
 from rich.text import Text
 from textual.widgets import OptionList
 
-from improv.presets import PresetLibrary
-from improv.session_api import (
+from improv.core.presets import PresetLibrary
+from improv.live.session_api import (
     Latency,
     Learn,
     NoteView,
@@ -36,9 +36,9 @@ from improv.session_api import (
     Stop,
     TapTempo,
 )
-from improv.tui import ImprovApp
-from improv.tui_roll import Window, fit_window, note_name, render_roll
-from improv.tui_widgets import KnobView, PortsScreen
+from improv.stage.roll import Window, fit_window, note_name, render_roll
+from improv.stage.tui import ImprovApp
+from improv.stage.widgets import KnobView, PortsScreen
 
 NAMES = ("ballad", "celtic-reel", "chorale", "classical", "folk-song", "renaissance", "runs")
 
@@ -342,7 +342,7 @@ async def test_log_lines_stay_in_the_log_pane_and_off_the_terminal():
     try:
         async with app.run_test(size=(80, 24)) as pilot:
             session.log.append(line)
-            logging.getLogger("improv.session").info(line)  # Session._say logs it as well
+            logging.getLogger("improv.live.session").info(line)  # Session._say logs it as well
             await until(pilot, lambda: "call ended" in on_screen(app))
             rows = on_screen(app).split("\n")
             assert terminal.getvalue() == ""  # nothing written over the screen
@@ -350,12 +350,13 @@ async def test_log_lines_stay_in_the_log_pane_and_off_the_terminal():
             # the whole line, wrapped to the pane: no part hidden off to the side
             assert any(r.rstrip().endswith(" bar 9") for r in rows)
             # other warnings go to the pane too, wrapped to the same width once it scrolls
-            logging.getLogger("improv.jam").warning("could not save MIDI learn bindings: denied")
+            jam_log = logging.getLogger("improv.commands.jam")
+            jam_log.warning("could not save MIDI learn bindings: denied")
             await until(pilot, lambda: "warning: could not save MIDI" in on_screen(app))
             log = app.query_one("#log")
             assert log.virtual_size.width <= log.scrollable_content_region.width
             assert terminal.getvalue() == ""
-        logging.getLogger("improv.session").info("the set is over")
+        logging.getLogger("improv.live.session").info("the set is over")
         assert terminal.getvalue() == "the set is over\n"  # the terminal's again once we quit
     finally:
         root.removeHandler(handler)
@@ -405,7 +406,7 @@ def test_poll_rate_is_bounded():
 
 
 def test_demo_session_applies_intents_and_is_deterministic_on_a_frozen_clock():
-    from improv.tui_demo import DemoSession
+    from improv.stage.demo import DemoSession
 
     clock = [10.0]
     demo = DemoSession(clock=lambda: clock[0])
@@ -425,7 +426,7 @@ def test_demo_session_applies_intents_and_is_deterministic_on_a_frozen_clock():
 
 
 def test_demo_session_picks_ports_from_its_own_list():
-    from improv.tui_demo import DemoSession
+    from improv.stage.demo import DemoSession
 
     demo = DemoSession(clock=lambda: 0.0)
     inputs, outputs = demo.list_ports()

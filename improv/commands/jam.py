@@ -1,0 +1,350 @@
+"""`improv jam`: play live. Builds the rig (ports, clock, scheduler, engine, session,
+recording), runs the stage UI or a plain headless printer, and takes it all down
+again so that every note the machine started is ended, whatever ends the set.
+
+This module owns the wiring and the shutdown order, nothing musical. It never
+imports torch: a stage machine needs only the runtime dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from improv.core.presets import PresetError, PresetLibrary, apply_overrides, parse_overrides
+from improv.live.clock import Clock, ClockSender, MidiClockFollower
+from improv.live.scheduler import Scheduler
+from improv.live.session import Session, SessionOptions
+from improv.live.session_api import KNOBS, PortView, State
+
+log = logging.getLogger("improv.commands.jam")
+
+
+class JamError(Exception):
+    """A set that cannot start; the message says what to do."""
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def default_model_dir() -> Path:
+    """$IMPROV_MODEL, else the first shipped model under models/."""
+    env = os.environ.get("IMPROV_MODEL")
+    if env:
+        return Path(env)
+    models = repo_root() / "models"
+    if not models.is_dir():  # installed from a wheel: the shipped models sit in the package
+        models = Path(__file__).resolve().parents[1] / "_models"
+    found = sorted(p.parent for p in models.glob("*/model.onnx"))
+    if not found:
+        raise JamError(
+            f"no model found under {models}; pass --model DIR (a folder with model.onnx) "
+            "or train one with 'improv train'"
+        )
+    return found[0]
+
+
+def sessions_dir() -> Path:
+    return Path(os.environ.get("IMPROV_SESSIONS", Path.home() / "improv-sessions"))
+
+
+def add_rig_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    ap.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    ap.add_argument("--preset", default=None, help="preset name or number (see 'improv presets')")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a preset field, e.g. --set temperature=0.7 (repeatable)")
+    ap.add_argument("--bpm", type=float, default=None, help="tempo (default: preset or 120)")
+    ap.add_argument("--meter", default="4/4", help="meter, e.g. 3/4 (default 4/4)")
+    ap.add_argument("--seed", type=int, default=None, help="seed the sampler (reproducible)")
+    ap.add_argument("--mode", choices=("call_response", "overlap"), default=None,
+                    help="stop the answer when you play (call_response) or play over it")
+    ap.add_argument("--record", type=Path, default=None, help="recording path (.mid)")
+    ap.add_argument("--no-record", action="store_true", help="do not record the session")
+    ap.add_argument("--seconds", type=float, default=None, help="stop by itself after N seconds")
+    ap.add_argument("--lookahead", type=float, default=1.0, help="beats generated ahead")
+
+
+@dataclass
+class Rig:
+    """Everything one set needs, in the order it must be taken down."""
+
+    session: Session
+    scheduler: Scheduler
+    clock: Clock
+    engine: object
+    recorder: object | None = None
+    closers: list = field(default_factory=list)  # ports, watchers, clock senders
+
+    def close(self) -> None:
+        # Session first (it stops generating), then the scheduler's panic ends every note,
+        # then the recording is closed with those note-offs in it, then the ports.
+        with contextlib.suppress(Exception):
+            self.session.stop()
+        with contextlib.suppress(Exception):
+            self.scheduler.stop()
+        if self.recorder is not None:
+            with contextlib.suppress(Exception):
+                self.recorder.close()
+        for c in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                c.close() if hasattr(c, "close") else c.stop()
+
+
+def load_preset(args: argparse.Namespace):
+    library = PresetLibrary()
+    for err in library.errors:
+        print(f"improv: {err}", file=sys.stderr)
+    which = args.preset
+    try:
+        if which is None:
+            preset = library.default()
+        elif which.isdigit():
+            preset = library.by_number(int(which))
+        else:
+            preset = library.get(which)
+    except (KeyError, IndexError) as e:
+        names = ", ".join(library.names())
+        raise JamError(f"no preset {which!r} ({e}); choose one of: {names}") from None
+    changes = parse_overrides(args.overrides) if args.overrides else {}
+    if args.mode:
+        changes["mode"] = args.mode
+    if changes:
+        preset = apply_overrides(preset, **changes)
+    return library, preset
+
+
+def parse_meter(text: str) -> tuple[int, int]:
+    try:
+        num, den = (int(x) for x in text.split("/"))
+        return num, den
+    except ValueError:
+        raise JamError(f"meter {text!r} is not like 4/4; write NUMERATOR/DENOMINATOR") from None
+
+
+def build_rig(args: argparse.Namespace, output, inbox=None, ports=(), follower=False) -> Rig:
+    """The live rig around an output (anything with send) and an input queue."""
+    from improv.live.engine import Engine  # onnxruntime loads only when a set starts
+
+    library, preset = load_preset(args)
+    num, den = parse_meter(args.meter)
+    bpm = args.bpm or preset.bpm or 120.0
+    clock = Clock(bpm, num, den)
+    model_dir = args.model or default_model_dir()
+    engine = Engine(model_dir, provider=args.provider, threads=args.threads)
+    recorder = None
+    if not args.no_record:
+        from improv.live.recording import SessionRecorder
+
+        path = args.record or sessions_dir() / dt.datetime.now().strftime("%Y-%m-%d_%H%M%S.mid")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recorder = SessionRecorder(path, bpm=bpm, meter=(num, den))
+
+    def on_sent(msg, t):
+        if recorder is not None and msg.type in ("note_on", "note_off"):
+            recorder.add("machine", msg, max(0.0, clock.time_to_tick(t)))
+
+    scheduler = Scheduler(output, latency_ms=getattr(args, "latency_ms", 0.0) or 0.0,
+                          on_sent=on_sent)
+    options = SessionOptions(lookahead_beats=args.lookahead, seed=args.seed,
+                             thru=getattr(args, "thru", False))
+    from improv.live.controls import Learner, load_bindings, save_bindings
+
+    bindings, problem = load_bindings()
+    if problem is not None:
+        print(f"improv: {problem} (using the default CC bindings)", file=sys.stderr)
+    session = Session(engine, clock, scheduler, library, preset, options=options, inbox=inbox,
+                      recorder=recorder, controls=Learner(bindings), ports=tuple(ports),
+                      on_learned=lambda b: _save_quietly(save_bindings, b))
+    if follower:
+        session.follower = MidiClockFollower(clock)
+    return Rig(session, scheduler, clock, engine, recorder)
+
+
+def _save_quietly(save, bindings) -> None:
+    try:
+        save(bindings)
+    except OSError as e:  # a read-only config folder must not stop the set
+        log.warning("could not save MIDI learn bindings: %s", e)
+
+
+# --- headless -----------------------------------------------------------------------------------
+
+
+def run_headless(rig: Rig, seconds: float | None, stop: threading.Event) -> None:
+    """Plain lines: state changes as they happen, latency every few seconds."""
+    session = rig.session
+    last_state = None
+    last_report = time.monotonic()
+    t_end = None if seconds is None else time.monotonic() + seconds
+    while not stop.is_set() and session.running:
+        if t_end is not None and time.monotonic() >= t_end:
+            break
+        snap = session.snapshot()
+        for line in session.drain_log():
+            print(f"[{snap.beat:8.2f}] {line}", flush=True)
+        if snap.state != last_state:
+            print(f"[{snap.beat:8.2f}] state: {snap.state.value}", flush=True)
+            last_state = snap.state
+        if time.monotonic() - last_report >= 5.0:
+            last_report = time.monotonic()
+            print(latency_line(snap), flush=True)
+        stop.wait(0.02)
+    print(latency_line(session.snapshot()), flush=True)
+
+
+def latency_line(snap) -> str:
+    lat = snap.latency
+
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    return (f"latency: decode median {f(lat.decode_median_ms)} ms, p99 {f(lat.decode_p99_ms)} ms; "
+            f"schedule p99 {f(lat.schedule_p99_ms)} ms; late {lat.late}; "
+            f"tokens/s {f(lat.tokens_per_s)}")
+
+
+# --- command ------------------------------------------------------------------------------------
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog or "improv jam", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--in", dest="inp", default=None, help="input port (name or part of it)")
+    ap.add_argument("--out", default=None, help="output port (name or part of it)")
+    ap.add_argument("--virtual", action="store_true",
+                    help="create virtual ports 'improv in' / 'improv out' (the default "
+                    "when no --in/--out is given)")
+    ap.add_argument("--backend", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
+                    help="MIDI API (default: the platform's)")
+    ap.add_argument("--in-channel", type=int, default=None,
+                    help="listen on this channel only (1-16)")
+    ap.add_argument("--thru", action="store_true", help="pass your notes to the output too")
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="send this much early, for a slow synth or a DAW's monitoring")
+    ap.add_argument("--clock", choices=("internal", "midi"), default="internal",
+                    help="internal tempo, or follow incoming MIDI beat clock")
+    ap.add_argument("--clock-out", action="store_true", help="send MIDI clock as master")
+    ap.add_argument("--no-tui", action="store_true", help="plain text instead of the stage UI")
+    add_rig_arguments(ap)
+    for name in KNOBS:
+        if name != "bpm":
+            ap.add_argument(f"--{name.replace('_', '-')}", type=float, default=None,
+                            help=f"knob {name} (overrides the preset)")
+    return ap
+
+
+def open_ports(args: argparse.Namespace):
+    from improv.live.ports import MidiInput, MidiOutput, get_backend
+
+    backend = get_backend(args.backend)
+    virtual_in = args.virtual or args.inp is None
+    virtual_out = args.virtual or args.out is None
+    channels = None if args.in_channel is None else {args.in_channel - 1}
+    # With --virtual, --in/--out name the virtual ports (they must contain 'improv in/out').
+    out = MidiOutput(args.out, backend=backend, virtual=virtual_out)
+    inp = MidiInput(args.inp, backend=backend, virtual=virtual_in, channels=channels)
+    return inp, out
+
+
+def select_port(rig: Rig, inp, out, role: str, name: str) -> PortView:
+    """Reopen the input or output on another port; on failure the old one is back in use."""
+    port = inp if role == "in" else out
+    if role == "out":
+        rig.scheduler.panic()  # the synth we leave must not keep our notes
+    old = (port.query, port.virtual)
+    port.query, port.virtual = name, False
+    try:
+        port.reopen()
+    except Exception:
+        port.query, port.virtual = old
+        port.reopen()
+        raise
+    return PortView(role, port.name, True, False)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Python threads hand over the GIL every 5 ms by default: too coarse for 1 ms timing.
+    sys.setswitchinterval(0.001)
+    for name in KNOBS:
+        value = getattr(args, name, None)
+        if value is not None:
+            whole = name in ("response_bars", "call_bars")
+            args.overrides.append(f"{name}={int(value) if whole else value}")
+    from improv.live.ports import PortError, PortWatcher
+    from improv.live.recording import RecordingError
+
+    rig = None
+    stop = threading.Event()
+    try:
+        inp, out = open_ports(args)
+        print(f"improv: listening on '{inp.name}', playing to '{out.name}'", file=sys.stderr)
+        ports = (PortView("in", inp.name, True, inp.virtual),
+                 PortView("out", out.name, True, out.virtual))
+        rig = build_rig(args, out, inbox=inp.queue, ports=ports, follower=args.clock == "midi")
+        rig.closers += [inp, out]
+        rig.session.port_selector = lambda role, name: select_port(rig, inp, out, role, name)
+        if not inp.virtual:
+            def on_port(event: str, name: str) -> None:
+                rig.session.set_port(PortView("in", name, event == "back", False))
+                rig.session._say(
+                    f"input {name}: {'unplugged, waiting for it' if event == 'lost' else 'back'}")
+
+            rig.closers.append(PortWatcher(inp, on_event=on_port).start())
+        if args.clock_out:
+            sender = ClockSender(rig.clock, out.send).open()
+            sender.start()  # a slave's beat 1 lands on our next bar line
+            rig.closers.append(sender)
+        app = None
+
+        def on_signal(*_) -> None:  # SIGTERM, or SIGHUP when an SSH link drops mid-set
+            stop.set()
+            if app is not None:
+                app.exit()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, on_signal)
+        rig.session.start()
+        if args.no_tui:
+            run_headless(rig, args.seconds, stop)
+        else:
+            from improv.stage.tui import ImprovApp
+
+            app = ImprovApp(rig.session, presets=rig.session.presets)
+            if args.seconds:
+                threading.Timer(args.seconds, lambda: app.call_from_thread(app.exit)).start()
+            app.run()
+    except KeyboardInterrupt:
+        pass
+    except (JamError, PortError, PresetError, RecordingError, ValueError) as e:
+        print(f"improv jam: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if rig is not None:
+            rig.close()
+            if rig.recorder is not None:
+                print(f"improv: session recorded to {rig.recorder.path}", file=sys.stderr)
+    if rig is not None and rig.session.error is not None:
+        print(f"improv jam: the session failed: {rig.session.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["JamError", "Rig", "build_rig", "main", "State"]

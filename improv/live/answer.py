@@ -1,0 +1,103 @@
+"""The machine's answer in flight: what was generated, when it sounds, what was heard.
+
+This module owns two small things the session uses while it answers:
+
+* :class:`Answer`, the record of one answer: where it starts and ends on the
+  grid, the stream state to rewind to (before the TURN, or at the answer's
+  start), and every token generated with the tick it was generated at, so that
+  a barge-in can replay exactly the part that sounded (:meth:`Answer.heard`).
+* :class:`Voice`, which turns the answer's notes into scheduled MIDI: swing,
+  humanize, the preset's velocity curve and channel, tagged so a barge-in can
+  cancel them. Humanize moves note-ons, so the voice keeps two promises the
+  scheduler's bookkeeping relies on: a note-off never goes before its own
+  note-on, and a note-on never goes before the last note-off of its key.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mido
+
+from improv.core import tokens as tk
+from improv.live.dynamics import Dynamics
+
+RESPONSE = "response"  # scheduler tag of the machine's notes
+MIN_NOTE_S = 0.002  # a machine note lasts at least this long, whatever humanize does
+
+
+@dataclass
+class Answer:
+    start_tick: int
+    end_tick: int
+    planned_time: float  # when start_tick sounds
+    base: int  # tokens fed when generation began (to rewind by count)
+    encoder: tk.StreamEncoder  # stream state at base
+    sampler_state: dict
+    call_base: int  # the same before the TURN: a player who goes on before the
+    call_encoder: tk.StreamEncoder  # answer sounds is still playing the call
+    call_sampler: dict
+    call_start: int
+    call_bar: int = 0  # the bar line the call counted from (restored if the call goes on)
+    predicted: bool = False  # handed over on predicted phrase end (discarded if played on)
+    trading: bool = False  # handed over on a fixed line (call_bars): never discarded
+    dynamics: Dynamics = field(default_factory=Dynamics)
+    tokens: list[tuple[int, int]] = field(default_factory=list)  # (token, tick generated at)
+    sounding: dict[int, float] = field(default_factory=dict)  # pitch -> its note-on deadline
+    last_off: dict[int, float] = field(default_factory=dict)  # pitch -> its last off deadline
+    first_note: bool = False
+
+    def played_into(self, tick: int, beat_ticks: int) -> bool:
+        """A predicted answer the player plays straight into (before its line, on it, or
+        within its first beat): the guess was wrong, the phrase went on."""
+        return self.predicted and tick < self.start_tick + beat_ticks
+
+    def heard(self, tick: int) -> list[int]:
+        """The answer's tokens as far as they sounded by ``tick`` (a shift is cut there)."""
+        out = []
+        for tok, t in self.tokens:
+            if t > tick or (t == tick and tk.is_note_on(tok)):
+                break
+            if tk.is_time_shift(tok) and t + tk.shift_ticks(tok) > tick:
+                if tick > t:
+                    out.append(tk.time_shift_token(tick - t))
+                break
+            out.append(tok)
+        return out
+
+
+class Voice:
+    """Schedules the machine's notes from ticks, with the preset's feel."""
+
+    def __init__(self, scheduler, time_of: Callable[[float], float], seed: int | None = None):
+        self.scheduler = scheduler
+        self.time_of = time_of  # stream tick -> monotonic seconds (the session's clock mapping)
+        self.rng = random.Random(seed)
+
+    def deadline(self, tick: float, preset, humanize: bool = False) -> float:
+        eighth = tk.TICKS_PER_QUARTER // 2
+        if preset.swing and tick % tk.TICKS_PER_QUARTER == eighth:
+            tick += preset.swing * eighth
+        t = self.time_of(tick)
+        if humanize and preset.humanize_ms:
+            t += self.rng.gauss(0.0, preset.humanize_ms / 2000.0)
+        return t
+
+    def note_on(self, answer: Answer, pitch: int, tick: int, velocity: int, preset) -> float:
+        deadline = max(self.deadline(tick, preset, humanize=True), answer.last_off.get(pitch, 0.0))
+        answer.sounding[pitch] = deadline
+        msg = mido.Message("note_on", channel=preset.channel - 1, note=pitch,
+                           velocity=preset.shape_velocity(velocity))
+        self.scheduler.schedule(msg, deadline, tag=RESPONSE)
+        return deadline
+
+    def note_off(self, answer: Answer, pitch: int, tick: int, preset) -> None:
+        on = answer.sounding.pop(pitch, None)
+        if on is None:
+            return
+        deadline = max(self.deadline(tick, preset), on + MIN_NOTE_S)
+        answer.last_off[pitch] = deadline
+        msg = mido.Message("note_off", channel=preset.channel - 1, note=pitch, velocity=0)
+        self.scheduler.schedule(msg, deadline, tag=RESPONSE)

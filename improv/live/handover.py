@@ -1,0 +1,145 @@
+"""When the call is over: the evidence for handing over on the next bar line.
+
+This module owns the judgement the session makes while the player is silent just
+before a bar line: is the phrase over (answer on that line) or is this a breath
+inside it (keep listening)? Two kinds of evidence, both from this set:
+
+* the model's probability of TURN right after the player's last release. The
+  corpus marks phrase ends with TURN after the phrase's last note-off, so this is
+  the model's own reading of "a phrase ends here" given everything played;
+* the call's length in bars against the lengths of this set's earlier calls
+  (players trading phrases keep to a length) and, before there are any, the
+  phrase lengths music is made of (2, 4, 8 bars).
+
+The two multiply into one score; the answer is prepared when it passes
+``threshold``. A wrong guess costs nothing audible as long as the player plays
+on before the line: the session discards the prepared answer before any of its
+notes sound. Silence detection stays as the fallback for the rest.
+
+It also owns how long a call is in bars (:func:`call_bars`), which the answer's
+length follows: up to the bar of the call's last note, never the silence wait.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from improv.core import tokens as tk
+
+# A human release or first note a little off the line still belongs to it (ticks; a 32nd
+# is 3 ticks, about 30 ms at 120 BPM).
+LINE_SLACK = 4
+# How long after the player lets go the hand-over is judged: a legato player's next note
+# can follow its note-off by a few ms. Every ms of it is a ms late on a phrase held to the
+# line, so it is short; a guess the player plays into anyway is taken back (session).
+GRACE_S = 0.012
+LATE_TICKS = LINE_SLACK + 2  # a release this far past the line is too late for it
+# Phrase lengths before this set has shown its own, as a prior over bars (renormalised).
+BASE_LENGTHS = {1: 0.12, 2: 0.30, 3: 0.04, 4: 0.34, 5: 0.01, 6: 0.03, 7: 0.01, 8: 0.15}
+REMEMBERED_CALLS = 8
+WRONG_FACTOR = 0.5
+DEFAULT_THRESHOLD = 0.08
+
+
+def turn_probability(logits: np.ndarray) -> float:
+    """The softmax probability of TURN in ``logits`` (the model's next-token scores)."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    finite = x[np.isfinite(x)]
+    if not finite.size or not np.isfinite(x[tk.TURN]):
+        return 0.0
+    top = finite.max()
+    return float(math.exp(x[tk.TURN] - top) / np.exp(finite - top).sum())
+
+
+def call_bars(call_bar: int, last_tick: int, bar_ticks: int) -> int:
+    """Bars from the call's first bar line through the bar of its last note (at least 1).
+
+    A release up to ``LINE_SLACK`` past a bar line ends the call on that line.
+    """
+    span = max(0, last_tick - LINE_SLACK - call_bar)
+    return max(1, -(-span // bar_ticks))
+
+
+@dataclass
+class Release:
+    """The moment the player's keys all came up: where, when, what the model made of it."""
+
+    tick: int
+    time: float  # seconds of the session's clock
+    p_turn: float  # p(TURN) right after the release's tokens
+    before: tk.StreamEncoder | None  # the stream just before them (None: nothing to probe)
+    pitch: int  # the key whose note-off emptied the keys
+    tokens: list[int]  # the release's tokens as fed
+    fed: int  # the session's fed count once they were in
+
+    def line_turn_p(self, engine, fed: int, line: int) -> float:
+        """p(TURN) had this release landed on ``line``.
+
+        The corpus is engraved: a phrase's last note lasts to the line and TURN follows its
+        note-off there, while a player lets go a little early. So the model is asked about
+        the release moved onto the line: its tokens are swapped out for the moved ones and
+        back again, which leaves the engine as it was. Only while nothing was fed since.
+        """
+        if self.before is None or self.fed != fed or self.tick >= line:
+            return self.p_turn
+        probe = copy.deepcopy(self.before).note_off(line, self.pitch)
+        engine.rewind(len(self.tokens))
+        p = turn_probability(engine.feed(probe))
+        engine.rewind(len(probe))
+        engine.feed(self.tokens)
+        return max(p, self.p_turn)
+
+
+@dataclass
+class HandoverPredictor:
+    """Judges a silent bar line: phrase end or breath, from p(TURN) and call lengths."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    lengths: deque[int] = field(default_factory=lambda: deque(maxlen=REMEMBERED_CALLS))
+    wrong: Counter[int] = field(default_factory=Counter)  # guesses taken back, by length
+
+    def length_prior(self, bars: int) -> float:
+        """How typical a call of ``bars`` bars is, 0..1 (1 = the set's usual length)."""
+        base = BASE_LENGTHS.get(bars, 0.005) / max(BASE_LENGTHS.values())
+        if not self.lengths:
+            return base
+        seen = Counter(self.lengths)
+        # Earlier calls outweigh the base prior as they accumulate; one call already counts.
+        n = len(self.lengths)
+        # Squared: a length the set has used once in eight calls is an exception, not a
+        # rival (players trading phrases keep to theirs).
+        share = (seen.get(bars, 0) / seen.most_common(1)[0][1]) ** 2
+        return (n * share + base) / (n + 1) * WRONG_FACTOR ** self.wrong[bars]
+
+    def score(self, p_turn: float, bars: int) -> float:
+        return float(p_turn) * self.length_prior(bars)
+
+    def decide(self, p_turn: float, bars: int) -> bool:
+        """Whether to answer on the line that ends a call of ``bars`` bars."""
+        return self.score(p_turn, bars) >= self.threshold
+
+    def remember(self, bars: int) -> None:
+        """A call of ``bars`` bars was answered (whatever ended it)."""
+        self.lengths.append(int(bars))
+
+    def forget_last(self) -> None:
+        """The last call remembered did not end after all (the player went on)."""
+        if self.lengths:
+            self.lengths.pop()
+
+    def taken_back(self, bars: int) -> None:
+        """A guess that a call of ``bars`` bars had ended was wrong: the player went on.
+
+        A partner who came in early learns to wait: each wrong guess halves that length's
+        prior for the rest of the set, and a call that does end there wins one back.
+        """
+        self.wrong[int(bars)] += 1
+
+    def confirmed(self, bars: int) -> None:
+        if self.wrong[bars]:
+            self.wrong[bars] -= 1

@@ -1,0 +1,530 @@
+"""MIDI ports: finding, opening, watching; the input queue that protects the live path.
+
+This module owns the edge between the MIDI system and improv:
+
+* the backend: mido's rtmidi with the API the user picks (``--backend alsa |
+  jack | coremidi | winmm``) or mido's default; JACK is just one of them;
+* opening an input or output by exact name or unique case-insensitive part of a
+  name, or as a virtual port ('improv in' / 'improv out'); every way this can
+  fail is a :class:`PortError` whose message lists the ports and says what to do;
+* :class:`MidiInput`: the rtmidi callback only timestamps (:func:`improv.live.clock.now`)
+  and enqueues into an :class:`InputQueue`, which stays bounded under a flood by
+  dropping other messages first and never drops a note-off;
+* :class:`MidiOutput`: channel remap, program change at open, reopen;
+* :class:`PortWatcher`: notices a controller that disappears, reports it, and
+  reopens it when it comes back.
+
+``improv ports`` lists what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import mido
+
+from improv.live.clock import now
+
+BACKENDS = {
+    "alsa": "LINUX_ALSA",
+    "jack": "UNIX_JACK",
+    "coremidi": "MACOSX_CORE",
+    "winmm": "WINDOWS_MM",
+}
+RTMIDI = "mido.backends.rtmidi"
+CLIENT_NAME = "improv"
+VIRTUAL_IN = "improv in"
+VIRTUAL_OUT = "improv out"
+LOOPMIDI_HINT = (
+    "Windows has no virtual MIDI ports: install loopMIDI "
+    "(https://www.tobias-erichsen.de/software/loopmidi.html), create a port there "
+    "and open it by name"
+)
+
+
+DRAIN_S = 0.05  # an output stays open this long after its last message (see MidiOutput.close)
+
+
+class PortError(Exception):
+    """A MIDI port problem, with a one-line message that says what to do."""
+
+
+# --- backends and names ------------------------------------------------------------------------
+
+
+def get_backend(name: str | None = None) -> mido.Backend:
+    """mido's rtmidi backend with the chosen API (None: mido's default backend)."""
+    if name is None:
+        return mido.Backend()
+    if name not in BACKENDS:
+        raise PortError(f"unknown MIDI backend '{name}'; choose one of: {', '.join(BACKENDS)}")
+    backend = mido.Backend(f"{RTMIDI}/{BACKENDS[name]}")
+    try:
+        compiled = backend.module.get_api_names()
+    except Exception as e:
+        raise PortError(
+            f"cannot load python-rtmidi ({e}); install it: pip install python-rtmidi"
+        ) from None
+    if BACKENDS[name] not in compiled:
+        have = ", ".join(k for k, v in BACKENDS.items() if v in compiled) or "none"
+        raise PortError(f"backend '{name}' is not in this python-rtmidi build; available: {have}")
+    return backend
+
+
+def _system_error(backend: mido.Backend, e: Exception) -> PortError:
+    api = getattr(backend, "api", None) or ""
+    text = str(e).strip().rstrip(".") or type(e).__name__
+    if "JACK" in api or "Jack" in text:
+        hint = "start a JACK server (e.g. 'jackd -d alsa' or qjackctl) or pick another --backend"
+    elif "ALSA" in api or "Alsa" in text:
+        hint = "no ALSA sequencer (/dev/snd/seq): load snd-seq or try --backend jack"
+    else:
+        hint = "check the MIDI system or pick another --backend"
+    return PortError(f"cannot reach the MIDI system ({text}); {hint}")
+
+
+def input_names(backend: mido.Backend | None = None) -> list[str]:
+    backend = backend or get_backend()
+    try:
+        return list(backend.get_input_names())
+    except Exception as e:
+        raise _system_error(backend, e) from None
+
+
+def output_names(backend: mido.Backend | None = None) -> list[str]:
+    backend = backend or get_backend()
+    try:
+        return list(backend.get_output_names())
+    except Exception as e:
+        raise _system_error(backend, e) from None
+
+
+def match_port(query: str, names: Iterable[str], kind: str = "input") -> str:
+    """The one name equal to ``query``, or containing it (case-insensitive)."""
+    names = list(names)
+    if query in names:
+        return query
+    hits = [n for n in names if query.lower() in n.lower()]
+    if len(hits) == 1:
+        return hits[0]
+    listed = ", ".join(f"'{n}'" for n in names) or "none"
+    if not hits:
+        raise PortError(
+            f"no MIDI {kind} matches '{query}'; available {kind}s: {listed}. "
+            "Connect the device, or give an exact name or a unique part of one "
+            "(see 'improv ports')"
+        )
+    raise PortError(
+        f"MIDI {kind} '{query}' is ambiguous: it matches {', '.join(repr(h) for h in hits)}; "
+        "give more of the name"
+    )
+
+
+def _check_virtual(backend: mido.Backend) -> None:
+    if sys.platform == "win32" or getattr(backend, "api", None) == "WINDOWS_MM":
+        raise PortError(LOOPMIDI_HINT)
+
+
+# --- the input queue -----------------------------------------------------------------------------
+
+_OTHER, _ON, _OFF = 0, 1, 2
+
+
+def _kind(msg: mido.Message) -> int:
+    if msg.type == "note_off" or (msg.type == "note_on" and msg.velocity == 0):
+        return _OFF
+    return _ON if msg.type == "note_on" else _OTHER
+
+
+class InputQueue:
+    """A bounded FIFO of ``(time, message)`` that survives a MIDI flood.
+
+    When full, it drops the oldest non-note message, else the oldest note-on.
+    Note-offs are never dropped: when the queue holds nothing but note-offs, a new
+    one waits in an overflow keyed by (channel, note) — at most 2048 entries — where
+    a newer note-off for the same key replaces an older one ("coalesced").
+    ``dropped`` and ``coalesced`` count what was lost.
+    """
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        if maxsize < 1:
+            raise ValueError("InputQueue needs maxsize >= 1")
+        self.maxsize = maxsize
+        self._cond = threading.Condition(threading.Lock())
+        self._q: tuple[deque, deque, deque] = (deque(), deque(), deque())  # by _kind
+        self._spill: dict[tuple[int, int], tuple[int, float, mido.Message]] = {}
+        self._seq = 0
+        self.received = 0
+        self.dropped = 0
+        self.coalesced = 0
+
+    def __len__(self) -> int:
+        return sum(map(len, self._q)) + len(self._spill)
+
+    def put(self, t: float, msg: mido.Message) -> None:
+        kind = _kind(msg)
+        with self._cond:
+            self.received += 1
+            self._seq += 1
+            item = (self._seq, t, msg)
+            others, ons, _ = self._q
+            if sum(map(len, self._q)) >= self.maxsize:
+                if others:
+                    others.popleft()
+                elif kind == _OTHER:
+                    self.dropped += 1
+                    return
+                elif ons:
+                    ons.popleft()
+                elif kind == _ON:
+                    self.dropped += 1
+                    return
+                else:  # full of note-offs and this is one more
+                    key = (msg.channel, msg.note)
+                    if self._spill.pop(key, None) is not None:
+                        self.coalesced += 1
+                    self._spill[key] = item
+                    self._cond.notify()
+                    return
+                self.dropped += 1
+            self._q[kind].append(item)
+            self._cond.notify()
+
+    def _pop(self) -> tuple[float, mido.Message] | None:
+        """The oldest item across the three deques and the overflow; caller holds the lock."""
+        best, source = None, None
+        for d in self._q:
+            if d and (best is None or d[0][0] < best[0]):
+                best, source = d[0], d
+        if self._spill:
+            key, item = next(iter(self._spill.items()))
+            if best is None or item[0] < best[0]:
+                del self._spill[key]
+                return item[1], item[2]
+        if source is None:
+            return None
+        source.popleft()
+        return best[1], best[2]
+
+    def get(self, timeout: float | None = None) -> tuple[float, mido.Message] | None:
+        """The next ``(time, message)``; waits up to ``timeout`` (None: forever)."""
+        with self._cond:
+            item = self._pop()
+            if item is None and timeout != 0:
+                self._cond.wait_for(lambda: len(self) > 0, timeout)
+                item = self._pop()
+            return item
+
+    def get_nowait(self) -> tuple[float, mido.Message] | None:
+        return self.get(timeout=0)
+
+    def drain(self) -> list[tuple[float, mido.Message]]:
+        """Everything queued, oldest first."""
+        with self._cond:
+            out = []
+            while (item := self._pop()) is not None:
+                out.append(item)
+            return out
+
+
+# --- ports ----------------------------------------------------------------------------------------
+
+
+class _Port:
+    """What inputs and outputs share: the query, (re)opening, closing."""
+
+    kind = ""
+
+    def __init__(self, name: str | None, backend: mido.Backend | None, virtual: bool) -> None:
+        self.backend = backend or get_backend()
+        self.query = name
+        self.virtual = virtual
+        self.name = ""
+        self._lock = threading.Lock()  # guards _port against a concurrent reopen
+        self._port = None
+
+    @property
+    def connected(self) -> bool:
+        return self._port is not None
+
+    def available(self) -> list[str]:
+        return input_names(self.backend) if self.kind == "input" else output_names(self.backend)
+
+    def reopen(self) -> None:
+        """(Re)open by the original query, so a replugged device is found again."""
+        self.close()
+        if self.virtual:
+            _check_virtual(self.backend)
+            required = VIRTUAL_IN if self.kind == "input" else VIRTUAL_OUT
+            name = self.query or required
+            if required not in name.lower():
+                raise PortError(f"a virtual port's name must contain '{required}' (got '{name}')")
+            args = dict(name=name, virtual=True, client_name=CLIENT_NAME)
+        elif not self.query:
+            raise PortError(
+                f"no MIDI {self.kind} given; pick one with --{self.kind} NAME (see 'improv ports')"
+            )
+        else:
+            args = dict(name=match_port(self.query, self.available(), self.kind))
+        try:
+            port = self._open(args)
+        except Exception as e:
+            what = "create virtual" if self.virtual else "open"
+            raise PortError(
+                f"cannot {what} MIDI {self.kind} '{args['name']}' ({e}); "
+                "is the MIDI system running and the port free?"
+            ) from None
+        with self._lock:
+            self._port = port
+        self.name = port.name
+
+    def _open(self, args: dict):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        with self._lock:
+            port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except Exception:  # a vanished device may fail to close; it is gone either way
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class MidiInput(_Port):
+    """An input port whose messages land in ``self.queue`` as ``(time, message)``.
+
+    ``name``: exact name or unique part of one; ``virtual=True`` creates a port
+    named 'improv in' (or ``name``, which must contain it). ``channels``: keep only
+    these channels (0-15; system messages always pass). ``thru``: called with each
+    kept message right after it is queued (e.g. an output's send).
+    """
+
+    kind = "input"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        backend: mido.Backend | None = None,
+        virtual: bool = False,
+        channels: Iterable[int] | None = None,
+        thru: Callable[[mido.Message], object] | None = None,
+        queue: InputQueue | None = None,
+    ) -> None:
+        super().__init__(name, backend, virtual)
+        self.channels = None if channels is None else frozenset(channels)
+        self.thru = thru
+        self.queue = queue if queue is not None else InputQueue()
+        self.filtered = 0
+        self.thru_errors = 0
+        self.reopen()
+
+    def _open(self, args: dict):
+        return self.backend.open_input(callback=self._on_message, **args)
+
+    def _on_message(self, msg: mido.Message) -> None:
+        t = now()  # first, before anything can delay it
+        keep = self.channels
+        if keep is not None and hasattr(msg, "channel") and msg.channel not in keep:
+            self.filtered += 1
+            return
+        self.queue.put(t, msg)
+        if self.thru is not None:
+            try:
+                self.thru(msg)
+            except Exception:  # a thru failure must not break input
+                self.thru_errors += 1
+
+
+class MidiOutput(_Port):
+    """An output port with ``send(msg)``; safe to send from several threads.
+
+    ``channel``: send every channel message on this channel (0-15). ``program``:
+    a program change sent on open (on ``channel``, default 0). While the port is
+    gone, messages are counted in ``lost`` instead of raising.
+    """
+
+    kind = "output"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        backend: mido.Backend | None = None,
+        virtual: bool = False,
+        channel: int | None = None,
+        program: int | None = None,
+    ) -> None:
+        if channel is not None and not 0 <= channel <= 15:
+            raise PortError(f"output channel {channel} is out of range; use 0-15 (MIDI 1-16)")
+        if program is not None and not 0 <= program <= 127:
+            raise PortError(f"program {program} is out of range; use 0-127")
+        super().__init__(name, backend, virtual)
+        self.channel = channel
+        self.program = program
+        self.lost = 0
+        self.reopen()
+
+    def _open(self, args: dict):
+        return self.backend.open_output(**args)
+
+    def reopen(self) -> None:
+        super().reopen()
+        if self.program is not None:
+            channel = self.channel or 0
+            self.send(mido.Message("program_change", channel=channel, program=self.program))
+
+    def send(self, msg: mido.Message) -> None:
+        if self.channel is not None and hasattr(msg, "channel") and msg.channel != self.channel:
+            msg = msg.copy(channel=self.channel)
+        with self._lock:
+            if self._port is None:
+                self.lost += 1
+                return
+            self._port.send(msg)
+            self._last_send = time.monotonic()
+
+    def close(self) -> None:
+        # Some backends (JACK) deliver from their own process cycle: closing right after the
+        # panic's note-offs could drop them, and the synth would hold the notes forever.
+        wait = getattr(self, "_last_send", 0.0) + DRAIN_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        super().close()
+
+
+class PortWatcher:
+    """Polls the port list (every ``interval`` s) for a :class:`MidiInput` / :class:`MidiOutput`.
+
+    When the port's device disappears it closes it and calls ``on_event('lost',
+    name)``; when a port matching the original query returns it reopens it and calls
+    ``on_event('back', name)``. It keeps running through errors.
+    """
+
+    def __init__(
+        self,
+        port: MidiInput | MidiOutput,
+        *,
+        interval: float = 1.0,
+        on_event: Callable[[str, str], object] | None = None,
+    ) -> None:
+        if port.virtual:
+            raise PortError("a virtual port cannot disappear; watch a named device instead")
+        self.port = port
+        self.interval = interval
+        self.on_event = on_event
+        self.events: deque[tuple[str, str]] = deque(maxlen=100)
+        self._lister = None
+        self._quit = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="improv-port-watcher", daemon=True)
+
+    def start(self) -> PortWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._quit.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.interval + 1.0)
+
+    def _report(self, event: str, name: str) -> None:
+        self.events.append((event, name))
+        if self.on_event is not None:
+            try:
+                self.on_event(event, name)
+            except Exception:
+                pass
+
+    def _names(self) -> list[str]:
+        """The port list through one long-lived rtmidi client when possible.
+
+        mido's listing opens two new clients per call; once a second that would
+        churn the JACK graph, so keep one client and ask it again.
+        """
+        backend = self.port.backend
+        if backend.name != RTMIDI:
+            return self.port.available()
+        if self._lister is None:
+            import rtmidi
+
+            api = getattr(rtmidi, f"API_{backend.api}", rtmidi.API_UNSPECIFIED)
+            cls = rtmidi.MidiIn if self.port.kind == "input" else rtmidi.MidiOut
+            self._lister = cls(rtapi=api)
+        try:
+            return list(self._lister.get_ports())
+        except Exception:
+            self._lister = None  # retry with a fresh client next time
+            raise
+
+    def poll(self) -> None:
+        """One look at the port list (the thread calls this every ``interval``)."""
+        try:
+            names = self._names()
+        except Exception:
+            names = []  # the MIDI system itself went away: same as the device gone
+        port = self.port
+        if port.connected:
+            if port.name not in names:
+                gone = port.name
+                port.close()
+                self._report("lost", gone)
+        else:
+            try:
+                match_port(port.query or "", names, port.kind)
+                port.reopen()
+            except PortError:
+                return
+            self._report("back", port.name)
+
+    def _run(self) -> None:
+        while not self._quit.wait(self.interval):
+            self.poll()
+
+
+# --- improv ports ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="List MIDI inputs and outputs.")
+    parser.add_argument(
+        "--backend",
+        choices=sorted(BACKENDS),
+        help="MIDI system to use (default: mido's default, or $MIDO_BACKEND)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        backend = get_backend(args.backend)
+        ins, outs = input_names(backend), output_names(backend)
+    except PortError as e:
+        print(f"{prog or 'improv ports'}: {e}", file=sys.stderr)
+        return 2
+    label = f"{backend.name}/{backend.api}" if backend.api else backend.name
+    print(f"backend: {label}")
+    for title, names in (("inputs", ins), ("outputs", outs)):
+        print(f"{title}:")
+        for n in names:
+            print(f"  {n}")
+        if not names:
+            print("  (none)")
+    print(
+        "Open a port by its exact name or any unique part of it. "
+        f"improv can also create virtual ports '{VIRTUAL_IN}' / '{VIRTUAL_OUT}'"
+        + (" (on Windows: use loopMIDI instead)." if sys.platform == "win32" else ".")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

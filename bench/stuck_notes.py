@@ -50,7 +50,7 @@ def soak(model_dir: Path, sessions: int, seed: int = 0) -> dict:
 
         def check(sess, sc):
             nonlocal stuck
-            if sess._response is None and sc.pending(RESPONSE) == 0 and sc.sounding(RESPONSE):
+            if sess.answer is None and sc.pending(RESPONSE) == 0 and sc.sounding(RESPONSE):
                 stuck += 1
 
         run(session, sim, sched, random_script(rng, clock.bpm, len(library)), check=check)

@@ -421,6 +421,6 @@ def test_session_records_note_in_to_tokens_fed(tiny_model_dir):
     s.start(thread=False)
     s.submit(mido.Message("note_on", note=60, velocity=80), t=sim() - 0.004)
     s.submit(mido.Message("note_off", note=60), t=sim())
-    s._tick_once(0.0)
+    s.tick_once(0.0)
     assert len(s.ingest_ms) == 2
     assert s.ingest_ms[0] == pytest.approx(4.0) and s.ingest_ms[1] == pytest.approx(0.0)

@@ -295,13 +295,12 @@ def test_from_preset_reads_preset_fields():
     assert_valid_midi(stream)
 
 
-def test_turn_only_while_allowed():
+def test_turn_is_never_sampled():
+    """TURN is the session's to place (hand-over, answer end), never drawn by the model."""
     s = Sampler(seed=0)
     s.observe_all([tk.style_token(0), tk.BAR])
     x = np.zeros(V)
     x[tk.TURN] = 50.0  # the model wants to hand over
     assert s.sample(x) != tk.TURN
-    s.allow_turn = True
-    assert s.sample(x) == tk.TURN
-    s.observe(tk.velocity_token(4))  # but never between a VELOCITY and its NOTE_ON
+    s.observe(tk.velocity_token(4))  # between a VELOCITY and its NOTE_ON: the note
     assert tk.is_note_on(s.sample(x))

@@ -42,7 +42,7 @@ def machine_notes(sched: SimScheduler) -> list:
 
 def no_stuck(session, sched) -> None:
     """Once an answer is over (nothing in flight), no machine note may still sound."""
-    if session._response is None and sched.pending(RESPONSE) == 0:
+    if session.answer is None and sched.pending(RESPONSE) == 0:
         assert not sched.sounding(RESPONSE), f"stuck machine notes {sched.sounding(RESPONSE)}"
 
 
@@ -118,10 +118,10 @@ def test_knobs_and_presets_apply_between_steps(tiny_model_dir, library):
     t0 = s.preset.temperature
     s.send(NudgeKnob("temperature", +2))
     s.send(SelectPreset(3, now=True))
-    s._tick_once(0)
+    s.tick_once(0)
     assert s.preset.name == library.by_number(3).name
     s.send(NudgeKnob("temperature", +1))
-    s._tick_once(0)
+    s.tick_once(0)
     want = library.by_number(3).temperature + 0.05
     assert s.sampler.constraints.temperature == pytest.approx(want)
     assert t0 > 0
@@ -194,31 +194,31 @@ def test_midi_learn_binds_a_cc_and_the_cc_turns_the_knob(tiny_model_dir, library
 
     saved = []
     s, sim, clock, sched = make_session(tiny_model_dir, library)
-    s.controls, s.on_learned = Learner(Bindings()), saved.append
+    s.controls.learner, s.controls.on_learned = Learner(Bindings()), saved.append
     s.send(Learn("temperature"))
-    s._tick_once(0)
-    assert s.controls.armed == "temperature"
+    s.tick_once(0)
+    assert s.controls.learner.armed == "temperature"
     s.submit(mido.Message("control_change", control=74, value=127), sim.t)
-    s._tick_once(0)
-    assert s.controls.bindings.ccs() == {"temperature": 74}
+    s.tick_once(0)
+    assert s.controls.learner.bindings.ccs() == {"temperature": 74}
     assert saved, "the new binding was not handed over to be saved"
     assert s.preset.temperature == pytest.approx(2.0)
     s.submit(mido.Message("control_change", control=74, value=0), sim.t)
-    s._tick_once(0)
+    s.tick_once(0)
     assert s.preset.temperature == pytest.approx(0.05)
     assert s.sampler.constraints.temperature == pytest.approx(0.05)
-    s._publish(force=True)
+    s.publish(force=True)
     assert s.snapshot().bindings == {"temperature": 74}
 
 
 def test_pedal_ends_the_call(tiny_model_dir, library):
     s, sim, clock, sched = make_session(tiny_model_dir, library, end_call_cc=67)
     s.submit(mido.Message("note_on", note=60, velocity=80), sim.t)
-    s._tick_once(0)
+    s.tick_once(0)
     assert s.state == State.LISTENING
     sim.t += 0.1
     s.submit(mido.Message("control_change", control=67, value=127), sim.t)
-    s._tick_once(0)
+    s.tick_once(0)
     assert s.state in (State.THINKING, State.RESPONDING)
     assert s.engine.context_tokens.count(tk.TURN) == 1
 
@@ -251,9 +251,9 @@ def test_following_a_midi_clock_master_that_moves_the_song_position(tiny_model_d
     before = s.encoder.tick
     s.submit(mido.Message("songpos", pos=0), sim.t)
     s.submit(mido.Message("continue"), sim.t)
-    s._tick_once(0)
-    assert s._now() >= before
-    assert s._offset % clock.bar_ticks == 0
+    s.tick_once(0)
+    assert s.now_tick() >= before
+    assert s.offset % clock.bar_ticks == 0
 
 
 def test_picking_another_port_reopens_it_off_the_session_thread(tiny_model_dir, library):
@@ -275,7 +275,7 @@ def test_picking_another_port_reopens_it_off_the_session_thread(tiny_model_dir, 
 
     s.port_selector = selector
     s.send(SelectPort("out", "synth B"))
-    s._tick_once(0)
+    s.tick_once(0)
     assert picked.wait(2.0)
     deadline = time.monotonic() + 2.0
     while s.ports[1].name != "synth B" and time.monotonic() < deadline:
@@ -283,9 +283,9 @@ def test_picking_another_port_reopens_it_off_the_session_thread(tiny_model_dir, 
     assert [p.name for p in s.ports] == ["keys", "synth B"]
     assert threads and threads[0] != "MainThread"
     s.send(SelectPort("out", "broken"))
-    s._tick_once(0)
+    s.tick_once(0)
     deadline = time.monotonic() + 2.0
-    while not any("could not open" in x for x in s._log) and time.monotonic() < deadline:
+    while not any("could not open" in x for x in s.out.lines) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [p.name for p in s.ports] == ["keys", "synth B"]
 

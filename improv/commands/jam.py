@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if not inp.virtual:
             def on_port(event: str, name: str) -> None:
                 rig.session.set_port(PortView("in", name, event == "back", False))
-                rig.session._say(
+                rig.session.say(
                     f"input {name}: {'unplugged, waiting for it' if event == 'lost' else 'back'}")
 
             rig.closers.append(PortWatcher(inp, on_event=on_port).start())

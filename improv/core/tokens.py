@@ -54,7 +54,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-TICKS_PER_QUARTER = 24
+from improv.core.grid import TICKS_PER_QUARTER as TICKS_PER_QUARTER
+from improv.core.grid import BarGrid, Meter
 
 CORPUS_STYLES: tuple[str, ...] = ("chorale", "renaissance", "celtic", "folk", "classical")
 N_STYLES = 16
@@ -245,16 +246,6 @@ def events_to_notes(events: Iterable[Event]) -> list[Note]:
 
 
 @dataclass
-class Meter:
-    numerator: int = 4
-    denominator: int = 4
-
-    @property
-    def bar_ticks(self) -> int:
-        return self.numerator * TICKS_PER_QUARTER * 4 // self.denominator
-
-
-@dataclass
 class EncoderStats:
     events: int = 0
     tokens: int = 0
@@ -263,24 +254,38 @@ class EncoderStats:
     dropped_offs: int = 0
 
 
-@dataclass
 class StreamEncoder:
     """Turns live note events into tokens as they happen.
 
     Feed events in time order; each call returns the tokens for that event at
     once. Tokens produced elsewhere (the model's own notes) are passed through
     :meth:`observe` so that the encoder's idea of time, velocity and sounding
-    keys stays the same as the context's.
+    keys stays the same as the context's. Bar lines come from its :class:`BarGrid`.
     """
 
-    meter: Meter = field(default_factory=Meter)
-    tick: int = 0
-    bar_start: int = 0
-    bar_emitted: bool = False
-    velocity_bin: int = -1
-    sounding: set[int] = field(default_factory=set)
-    stats: EncoderStats = field(default_factory=EncoderStats)
-    _pending_meters: list[tuple[int, Meter]] = field(default_factory=list)
+    def __init__(self, meter: Meter | None = None, tick: int = 0,
+                 bar_start: int | None = None) -> None:
+        self.grid = BarGrid(meter or Meter(), tick, tick if bar_start is None else bar_start)
+        self.velocity_bin = -1
+        self.sounding: set[int] = set()
+        self.stats = EncoderStats()
+
+    @property
+    def tick(self) -> int:
+        return self.grid.tick
+
+    @property
+    def meter(self) -> Meter:
+        return self.grid.meter
+
+    def copy(self) -> StreamEncoder:
+        """An independent copy (a checkpoint of the stream)."""
+        new = StreamEncoder.__new__(StreamEncoder)
+        new.grid = self.grid.copy()
+        new.velocity_bin = self.velocity_bin
+        new.sounding = set(self.sounding)
+        new.stats = EncoderStats(**vars(self.stats))
+        return new
 
     def start(self, style: int | None = None) -> list[int]:
         """Tokens that open a stream: the style, then the first bar line."""
@@ -291,44 +296,23 @@ class StreamEncoder:
 
     def set_meter(self, tick: int, numerator: int, denominator: int) -> None:
         """A new meter whose first bar line is at ``tick`` (>= the current tick)."""
-        m = Meter(max(1, numerator), max(1, denominator))
-        if m.bar_ticks < 1:
-            m = Meter()
-        self._pending_meters.append((max(tick, self.tick), m))
-        self._pending_meters.sort(key=lambda x: x[0])
+        self.grid.set_meter(tick, numerator, denominator)
 
-    def _next_bar_line(self) -> int:
-        line = self.bar_start + self.meter.bar_ticks
-        if self._pending_meters and self._pending_meters[0][0] < line:
-            line = self._pending_meters[0][0]
-        return line
-
-    def _at_bar_line(self) -> list[int]:
-        """Emit BAR if the current tick is a bar line that has not been marked."""
-        if self._pending_meters and self._pending_meters[0][0] == self.tick:
-            _, self.meter = self._pending_meters.pop(0)
-            while self._pending_meters and self._pending_meters[0][0] == self.tick:
-                _, self.meter = self._pending_meters.pop(0)
-            # A meter set live at a line already marked must not mark it twice.
-            self.bar_emitted = self.bar_emitted and self.bar_start == self.tick
-            self.bar_start = self.tick
-        elif self.tick == self.bar_start + self.meter.bar_ticks:
-            self.bar_start = self.tick
-            self.bar_emitted = False
-        if self.tick == self.bar_start and not self.bar_emitted:
-            self.bar_emitted = True
+    def _bar(self) -> list[int]:
+        """BAR if the current tick is a bar line not marked yet."""
+        if self.grid.arrive():
+            self.grid.marked = True
             return [BAR]
         return []
 
     def advance(self, tick: int) -> list[int]:
         """Time shifts (and bar lines) from the current tick up to ``tick``."""
-        out = self._at_bar_line()
-        while self.tick < tick:
-            step = min(tick, self._next_bar_line()) - self.tick
-            step = min(step, MAX_SHIFT)
+        out = self._bar()
+        while self.grid.tick < tick:
+            step = min(tick, self.grid.next_line(), self.grid.tick + MAX_SHIFT) - self.grid.tick
             out.append(time_shift_token(step))
-            self.tick += step
-            out += self._at_bar_line()
+            self.grid.move(step)
+            out += self._bar()
         return out
 
     def note_on(self, tick: int, pitch: int, velocity: int) -> list[int]:
@@ -388,21 +372,11 @@ class StreamEncoder:
     def observe(self, tok: int) -> None:
         """Keep state in step with a token that entered the context from elsewhere."""
         if is_time_shift(tok):
-            self.tick += shift_ticks(tok)
-            # Foreign shifts may cross a line without a BAR: keep the grid anyway.
-            while self.tick >= self._next_bar_line():
-                if self._pending_meters and self._pending_meters[0][0] <= self.tick:
-                    line, self.meter = self._pending_meters.pop(0)
-                    self.bar_start = line
-                else:
-                    self.bar_start += self.meter.bar_ticks
-                self.bar_emitted = False
+            self.grid.move(shift_ticks(tok))  # foreign shifts may cross a line without a BAR
         elif tok == BAR:
             # The grid comes from the meter, not from the model: an off-grid BAR
             # (which the sampler forbids anyway) does not move the bar lines.
-            self._at_bar_line()
-            if self.tick == self.bar_start:
-                self.bar_emitted = True
+            self.grid.mark()
         elif is_note_on(tok):
             self.sounding.add(token_pitch(tok))
         elif is_note_off(tok):
@@ -476,13 +450,13 @@ def encode_events(
     and before its note-ons (as live: the player's last note ends, then the
     other player answers).
     """
-    enc = StreamEncoder()
     meters = sorted(meters)
+    first = None
     if meters and meters[0][0] == 0:
-        enc.meter = Meter(max(1, meters[0][1]), max(1, meters[0][2]))
-        if enc.meter.bar_ticks < 1:
-            enc.meter = Meter()
+        first = Meter(max(1, meters[0][1]), max(1, meters[0][2]))
+        first = first if first.bar_ticks >= 1 else Meter()
         meters = meters[1:]
+    enc = StreamEncoder(first)
     for tick, num, den in meters:
         enc.set_meter(tick, num, den)
     out = enc.start(style)

@@ -3,7 +3,7 @@
 This module owns two small things the session uses while it answers:
 
 * :class:`Answer`, the record of one answer: where it starts and ends on the
-  grid, the stream state to rewind to (before the TURN, or at the answer's
+  grid, the stream checkpoints to rewind to (before the TURN, or at the answer's
   start), and every token generated with the tick it was generated at, so that
   a barge-in can replay exactly the part that sounded (:meth:`Answer.heard`).
 * :class:`Voice`, which turns the answer's notes into scheduled MIDI: swing,
@@ -23,6 +23,7 @@ import mido
 
 from improv.core import tokens as tk
 from improv.live.dynamics import Dynamics
+from improv.live.stream import Checkpoint
 
 RESPONSE = "response"  # scheduler tag of the machine's notes
 MIN_NOTE_S = 0.002  # a machine note lasts at least this long, whatever humanize does
@@ -32,14 +33,9 @@ MIN_NOTE_S = 0.002  # a machine note lasts at least this long, whatever humanize
 class Answer:
     start_tick: int
     end_tick: int
-    planned_time: float  # when start_tick sounds
-    base: int  # tokens fed when generation began (to rewind by count)
-    encoder: tk.StreamEncoder  # stream state at base
-    sampler_state: dict
-    call_base: int  # the same before the TURN: a player who goes on before the
-    call_encoder: tk.StreamEncoder  # answer sounds is still playing the call
-    call_sampler: dict
-    call_start: int
+    start: Checkpoint  # the stream where generation began (after the TURN)
+    call: Checkpoint  # the stream before the TURN: a player who goes on before the
+    call_start: int  # answer sounds is still playing the call
     call_bar: int = 0  # the bar line the call counted from (restored if the call goes on)
     predicted: bool = False  # handed over on predicted phrase end (discarded if played on)
     trading: bool = False  # handed over on a fixed line (call_bars): never discarded

@@ -121,6 +121,10 @@ class Clock:
     def seconds_per_tick(self) -> float:
         return self._anchor[2]
 
+    def ticks(self, seconds: float) -> float:
+        """How many ticks ``seconds`` last at the current tempo."""
+        return seconds / self._anchor[2]
+
     # --- tempo and position -----------------------------------------------------------------
 
     def set_tempo(self, bpm: float, *, at: float | None = None) -> None:

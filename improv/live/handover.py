@@ -22,7 +22,6 @@ length follows: up to the bar of the call's last note, never the silence wait.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ LINE_SLACK = 4
 # How long after the player lets go the hand-over is judged: a legato player's next note
 # can follow its note-off by a few ms. Every ms of it is a ms late on a phrase held to the
 # line, so it is short; a guess the player plays into anyway is taken back (session).
-GRACE_S = 0.012
+GRACE_S = 0.012  # seconds
 LATE_TICKS = LINE_SLACK + 2  # a release this far past the line is too late for it
 # Phrase lengths before this set has shown its own, as a prior over bars (renormalised).
 BASE_LENGTHS = {1: 0.12, 2: 0.30, 3: 0.04, 4: 0.34, 5: 0.01, 6: 0.03, 7: 0.01, 8: 0.15}
@@ -69,30 +68,26 @@ def call_bars(call_bar: int, last_tick: int, bar_ticks: int) -> int:
 class Release:
     """The moment the player's keys all came up: where, when, what the model made of it."""
 
-    tick: int
-    time: float  # seconds of the session's clock
+    tick: int  # on the grid, as fed
+    at: float  # the stream tick it was played at (unquantized)
     p_turn: float  # p(TURN) right after the release's tokens
     before: tk.StreamEncoder | None  # the stream just before them (None: nothing to probe)
     pitch: int  # the key whose note-off emptied the keys
     tokens: list[int]  # the release's tokens as fed
-    fed: int  # the session's fed count once they were in
+    fed: int  # the stream's fed count once they were in
 
-    def line_turn_p(self, engine, fed: int, line: int) -> float:
+    def line_turn_p(self, stream, line: int) -> float:
         """p(TURN) had this release landed on ``line``.
 
         The corpus is engraved: a phrase's last note lasts to the line and TURN follows its
         note-off there, while a player lets go a little early. So the model is asked about
-        the release moved onto the line: its tokens are swapped out for the moved ones and
-        back again, which leaves the engine as it was. Only while nothing was fed since.
+        the release moved onto the line (:meth:`Stream.what_if`), which leaves the stream as
+        it was. Only while nothing was fed since.
         """
-        if self.before is None or self.fed != fed or self.tick >= line:
+        if self.before is None or self.fed != stream.fed or self.tick >= line:
             return self.p_turn
-        probe = copy.deepcopy(self.before).note_off(line, self.pitch)
-        engine.rewind(len(self.tokens))
-        p = turn_probability(engine.feed(probe))
-        engine.rewind(len(probe))
-        engine.feed(self.tokens)
-        return max(p, self.p_turn)
+        probe = self.before.copy().note_off(line, self.pitch)
+        return max(turn_probability(stream.what_if(self.tokens, probe)), self.p_turn)
 
 
 @dataclass
@@ -143,3 +138,69 @@ class HandoverPredictor:
     def confirmed(self, bars: int) -> None:
         if self.wrong[bars]:
             self.wrong[bars] -= 1
+
+
+class Handover:
+    """The session's hand-over judgement: releases, judged lines, wrong guesses.
+
+    The session tells it what the player does (``pressed``, ``released``, ``new_call``,
+    ``ended``, ``taken_back``) and asks ``judge`` each turn of its loop whether a
+    predicted hand-over is due: when the keys all came up in the last half bar (beat)
+    before a line, a moment after the release, no earlier than the line's last beat.
+    """
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.predictor = HandoverPredictor()
+        self.release: Release | None = None
+        self.judged: int | None = None  # the line last judged
+        self.refused: set[int] = set()  # lines this call went on through after a guess
+
+    def pressed(self) -> None:
+        self.release = None
+
+    def released(self, tick: int, at: float, before, pitch: int, toks: list[int]) -> None:
+        """Every key is up: remember the release (a new one: its line is judged afresh)."""
+        stream = self.session.stream
+        self.judged = None
+        self.release = Release(tick, at, turn_probability(stream.logits), before, pitch,
+                               toks, stream.fed)
+
+    def new_call(self) -> None:
+        self.judged = None
+        self.refused.clear()
+
+    def ended(self) -> None:
+        self.release = None
+
+    def taken_back(self, answer, played_through: bool) -> None:
+        """A prepared answer was dropped: the call was not over after all."""
+        self.predictor.forget_last()
+        if played_through:  # not that line again in this call, nor lightly that length
+            self.refused.add(answer.start_tick)
+            self.predictor.taken_back(call_bars(answer.call_bar, answer.start_tick,
+                                                self.session.clock.bar_ticks))
+        # (A note before the line only says the phrase had more in it: the line may still
+        # end it, judged again at the next release.)
+
+    def judge(self, now: float) -> tuple[int, int] | None:
+        """(line, bars) to answer on, when the phrase seems over at the line let go at."""
+        s, rel = self.session, self.release
+        if s.keys_down or rel is None:
+            return None
+        clock = s.clock
+        line = s.line_after(rel.tick - LINE_SLACK)
+        near = clock.bar_ticks // 2 if s.preset.response_start == "bar" else clock.beat_ticks
+        if line == self.judged or line in self.refused or rel.tick < line - near \
+                or s.stream.tick > line:
+            return None
+        if now < rel.at + clock.ticks(GRACE_S):
+            return None
+        if now < line - clock.beat_ticks or now > line + LATE_TICKS:
+            return None
+        self.judged = line
+        bars = call_bars(s.call_bar, line, clock.bar_ticks)
+        self.predictor.threshold = s.preset.handover_threshold
+        if not self.predictor.decide(rel.line_turn_p(s.stream, line), bars):
+            return None
+        return line, bars

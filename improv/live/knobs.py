@@ -1,176 +1,133 @@
-"""What the player turns: knobs, presets and the other intents of a UI.
+"""What the player turns: knobs, presets and MIDI learn, as one object.
 
-This module owns how a knob turn, a preset switch or a panic takes effect on
-the session: between two model steps, on the session thread, never in the
-middle of one. It is a mixin of :class:`improv.live.session.Session` (it reads and
-sets the session's preset, sampler, clock and engine), kept apart so that the
-call-and-response machine reads on its own.
-
-A preset switch happens at the next phrase unless asked for at once (or the
-preset says ``switch = "now"``); at once, a sounding answer is cut exactly like
-a barge-in, so no note is left hanging and the context stays what was heard.
-A new style re-encodes the recent context under the new STYLE token.
+This module owns the set's current preset and how a change of it takes effect:
+a knob turn (from the UI, the command line or a learned CC) is clamped to the
+knob's range and changes the preset, the sampler's constraints or the clock; a
+preset switch waits for the next phrase unless asked for at once. The session
+owns the conversation and calls in here between two model steps, on its own
+thread; it is told what to do about the music (re-style the stream, cut the
+answer, send a program change), never reached into.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
-import mido
-
-from improv.core.presets import Preset, apply_overrides
-from improv.live.sampler import Constraints
-from improv.live.session_api import (
-    KNOBS,
-    Intent,
-    Learn,
-    NudgeKnob,
-    Panic,
-    PortView,
-    SelectPort,
-    SelectPreset,
-    SetKey,
-    SetKnob,
-    SetMode,
-    State,
-    Stop,
-    TapTempo,
-)
-
-# the scheduler tag of a program change (kept apart from the answer's notes)
-PROGRAM = "program"
+from improv.core.presets import Preset, PresetLibrary, apply_overrides
+from improv.live.controls import Bindings, Learner
+from improv.live.sampler import Constraints, Sampler
+from improv.live.session_api import KNOBS
 
 
-class PlayerControls:
-    """Knobs, presets and intents; mixed into Session."""
+@dataclass(frozen=True)
+class Switch:
+    """A preset that took effect: what the session must do about it."""
 
-    def _on_intent(self, intent: Intent) -> None:
-        if isinstance(intent, SetKnob):
-            self._set_knob(intent.name, intent.value)
-        elif isinstance(intent, NudgeKnob):
-            lo, hi, step = KNOBS[intent.name]
-            self._set_knob(intent.name, self._knob_value(intent.name) + intent.steps * step)
-        elif isinstance(intent, SelectPreset):
-            self._switch_preset(intent.which, now=intent.now)
-        elif isinstance(intent, SetMode):
-            self._update_preset(mode=intent.mode)
-        elif isinstance(intent, SetKey):
-            self._update_preset(key=intent.key)
-        elif isinstance(intent, TapTempo):
-            bpm = self.clock.tap()
-            if bpm is not None:
-                self._say(f"tap tempo: {bpm:.1f} BPM")
-        elif isinstance(intent, Learn):
-            if self.controls is not None:
-                self.controls.arm(intent.knob)
-                if intent.knob:
-                    self._say(f"MIDI learn: move a control for {intent.knob}")
-        elif isinstance(intent, Panic):
-            self.scheduler.panic()
-            self._say("panic: all notes off")
-        elif isinstance(intent, SelectPort):
-            if self.port_selector is None:
-                self._say("ports are fixed in this session")
-            else:  # opening a port may block on a driver: never on the session thread
-                threading.Thread(target=self._select_port, args=(intent.role, intent.name),
-                                 name="improv-port-select", daemon=True).start()
-        elif isinstance(intent, Stop):
-            self._stop.set()
+    preset: Preset
+    restyle: bool  # the style changed: the stream re-encodes under the new STYLE
 
-    def _select_port(self, role: str, name: str) -> None:
-        try:
-            view = self.port_selector(role, name)
-        except Exception as e:  # the old port stays in use
-            self._say(f"could not open the {role}put port {name!r}: {e}")
-            return
-        self.set_port(view)
-        self._say(f"{role}put port: {view.name}")
 
-    def set_port(self, view: PortView) -> None:
-        """A port changed (picked, unplugged, back); safe from any thread."""
-        self.ports = tuple(view if p.role == view.role else p for p in self.ports) or (view,)
+class Controls:
+    """The set's preset, knobs and CC bindings; changed only on the session thread."""
 
-    def _knob_value(self, name: str) -> float:
+    def __init__(
+        self,
+        presets: PresetLibrary,
+        preset: Preset | str | int | None,
+        sampler: Sampler,
+        clock,
+        learner: Learner | None = None,
+        on_learned: Callable[[Bindings], object] | None = None,
+    ) -> None:
+        self.presets = presets
+        self.preset = self.resolve(preset) if preset is not None else presets.default()
+        self.pending: Preset | None = None  # waits for the next phrase
+        self.sampler = sampler
+        self.clock = clock
+        self.learner = learner
+        self.on_learned = on_learned  # saves the bindings (jam: off the session thread)
+        sampler.set_constraints(constraints_for(self.preset, sampler.constraints))
+
+    # --- knobs ---------------------------------------------------------------------------------
+
+    def value(self, name: str) -> float:
         if name == "bpm":
             return self.clock.bpm
         return float(getattr(self.preset, name))
 
-    def _set_knob(self, name: str, value: float) -> None:
+    def values(self) -> dict[str, float]:
+        return {name: self.value(name) for name in KNOBS}
+
+    def set_knob(self, name: str, value: float) -> str | None:
+        """Turn a knob (clamped to its range); returns a line to say when refused."""
         if name not in KNOBS:
-            self._say(f"unknown knob {name!r}")
-            return
+            return f"unknown knob {name!r}"
         lo, hi, _ = KNOBS[name]
         value = min(max(float(value), lo), hi)
         if name == "bpm":
             self.clock.set_tempo(value)
-        elif name in ("response_bars", "call_bars"):
-            self._update_preset(**{name: int(round(value))})
-        else:
-            self._update_preset(**{name: value})
+            return None
+        if name in ("response_bars", "call_bars"):
+            return self.update(**{name: int(round(value))})
+        return self.update(**{name: value})
 
-    def _update_preset(self, **changes) -> None:
+    def nudge(self, name: str, steps: int) -> str | None:
+        if name not in KNOBS:
+            return f"unknown knob {name!r}"
+        return self.set_knob(name, self.value(name) + steps * KNOBS[name][2])
+
+    def update(self, **changes: object) -> str | None:
+        """Change preset fields live; returns a line to say when refused."""
         try:
             self.preset = apply_overrides(self.preset, **changes)
         except ValueError as e:
-            self._say(str(e))
-            return
+            return str(e)
         self.sampler.set_constraints(constraints_for(self.preset, self.sampler.constraints))
+        return None
 
-    def _resolve(self, which: Preset | str | int) -> Preset:
+    def feed_cc(self, control: int, value: int, channel: int) -> str | None:
+        """A CC from the player (``channel`` one-based): a bound knob turns, or learning ends."""
+        if self.learner is None:
+            return None
+        done = self.learner.feed(control, value, channel)
+        if done is None:
+            return None
+        said = self.set_knob(done.knob, done.value)
+        if done.learned:
+            if self.on_learned is not None:
+                self.on_learned(self.learner.bindings)
+            return f"learned: CC {control} -> {done.knob}"
+        return said
+
+    def learn(self, knob: str | None) -> str | None:
+        if self.learner is None:
+            return None
+        self.learner.arm(knob)
+        return f"MIDI learn: move a control for {knob}" if knob else None
+
+    # --- presets -------------------------------------------------------------------------------
+
+    def resolve(self, which: Preset | str | int) -> Preset:
+        """A preset by itself, its number (1-based) or its name; KeyError/IndexError if none."""
         if isinstance(which, Preset):
             return which
         if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
             return self.presets.by_number(int(which))
         return self.presets.get(which)
 
-    def _switch_preset(self, which: int | str, now: bool) -> None:
-        try:
-            preset = self._resolve(which)
-        except (KeyError, IndexError, ValueError) as e:
-            self._say(f"no preset {which!r}: {e}")
-            return
-        if now or preset.switch == "now" or self.state == State.IDLE:
-            if self._response is not None:
-                self._barge_in(int(self._now()))
-            self._pending_preset = preset
-            self._apply_pending_preset()
-        else:
-            self._pending_preset = preset
-            self._say(f"preset {preset.name} at the next phrase")
-
-    def _apply_pending_preset(self) -> None:
-        p = self._pending_preset
+    def take_pending(self) -> Switch | None:
+        """At a phrase boundary: the preset waiting for one takes effect."""
+        p = self.pending
         if p is None:
-            return
-        self._pending_preset = None
+            return None
+        self.pending = None
         old_style = self.preset.style
         self.preset = p
         self.sampler.set_constraints(constraints_for(p, self.sampler.constraints))
         if p.bpm:
             self.clock.set_tempo(p.bpm)
-        self._program_sent = False
-        self._send_program()
-        if p.style != old_style:
-            self._restyle(p.style)
-        self._say(f"preset: {p.name} (style {p.style})")
-
-    def _restyle(self, style: str) -> None:
-        """The STYLE token sits at position 0: re-encode the recent context under the new one."""
-        try:
-            keep = self.engine.context_tokens[1:][-(self.engine.context // 2):]
-            self.engine.reset(style)
-            self._logits = self.engine.feed(keep) if keep else self.engine.logits
-        except Exception as e:  # an unknown style keeps the old one playing
-            self._say(f"style {style!r} unavailable: {e}")
-
-    def _send_program(self) -> None:
-        if self._program_sent or self.preset.program is None:
-            return
-        self.scheduler.schedule(
-            mido.Message("program_change", channel=self._channel(), program=self.preset.program),
-            0.0, tag=PROGRAM)
-        self._program_sent = True
+        return Switch(p, restyle=p.style != old_style)
 
 
 def constraints_for(preset: Preset, old: Constraints) -> Constraints:

@@ -30,6 +30,12 @@ class MotifMemory:
         self._shapes: dict[int, Counter[int]] | None = None
         self._steps: Counter[int] | None = None
 
+    def copy(self) -> MotifMemory:
+        new = MotifMemory()
+        new.human = deque(self.human, maxlen=self.human.maxlen)
+        new.machine = list(self.machine)
+        return new
+
     def observe(self, pitch: int, tick: int, human: bool) -> None:
         """A note-on entered the context; notes of one onset keep only the highest."""
         line = self.human if human else self.machine

@@ -45,3 +45,27 @@ def quantize_tick(tick: float, origin: int = 0) -> int:
     x = tick - origin
     best = min((round(x / g) * g for g in (SIXTEENTH, TRIPLET)), key=lambda q: (abs(q - x), q))
     return int(origin + best)
+
+
+class Quantizer:
+    """The player's events on the grid, one at a time; a note keeps its onset's place.
+
+    Never past the beat line after the event: the stream may run a few ticks ahead of
+    the clock, but never across a line the clock has not reached, where an answer may
+    have to begin. ``offset``: stream ticks minus clock ticks.
+    """
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.onsets: dict[int, int] = {}  # key -> its quantized note-on tick
+
+    def event(self, tick: int, pitch: int, velocity: int, offset: int = 0) -> int:
+        origin = self.clock.bar_start(tick - offset) + offset
+        cap = self.clock.next_beat(tick - offset) + offset
+        if velocity > 0:
+            q = self.onsets[pitch] = min(quantize_tick(tick, origin), cap)
+            return q
+        on = self.onsets.pop(pitch, None)
+        if on is None:
+            return min(quantize_tick(tick, origin), cap)
+        return min(quantize_release(on, tick, origin), cap)

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
 
 from improv.core import keys
 from improv.core import tokens as tk
+from improv.core.grid import BarGrid
 from improv.core.keys import KK_MAJOR, KK_MINOR, NOTE_NAMES
 from improv.live.motifs import MotifMemory
 
@@ -183,6 +184,20 @@ _POSINF = 1e4  # what a +inf logit becomes: dominant but still finite
 GREEDY_BELOW = 1e-3
 
 
+@dataclass(frozen=True)
+class SamplerState:
+    """A checkpoint of :class:`Sampler` (its own copies: restoring twice is safe)."""
+
+    grid: BarGrid
+    machine: dict[int, int]
+    human: set[int]
+    velocity_bin: int
+    velocity_pending: bool
+    recent: tuple[int, ...]
+    human_pitches: tuple[int, ...]
+    motifs: MotifMemory
+
+
 class Sampler:
     """Draws the machine's next token from logits under grammar and constraints."""
 
@@ -194,7 +209,6 @@ class Sampler:
     ):
         self.rng = np.random.default_rng(seed)
         self.constraints = constraints or Constraints()
-        self._allow_turn = False
         self._meter0 = tk.Meter(*meter)
         self.fallbacks = 0  # how often the model offered nothing allowed
         self.reset()
@@ -204,11 +218,7 @@ class Sampler:
 
     def reset(self, tick: int = 0) -> None:
         """Forget the stream: a new one starts at ``tick``, where a BAR is due."""
-        self.tick = tick
-        self.bar_start = tick
-        self.bar_ticks = self._meter0.bar_ticks
-        self.bar_done = False
-        self._pending_meters: list[tuple[int, int]] = []
+        self.grid = BarGrid(self._meter0, tick, tick)
         self.machine: dict[int, int] = {}  # sounding machine pitch -> start tick
         self.human: set[int] = set()
         self.velocity_bin = -1
@@ -219,17 +229,21 @@ class Sampler:
         self._key_dirty = True
         self._mask: np.ndarray | None = None
 
-    def set_meter(self, tick: int, numerator: int, denominator: int) -> None:
-        """A new meter whose first bar line is at ``tick`` (as ``StreamEncoder.set_meter``)."""
-        bar = max(1, tk.Meter(max(1, numerator), max(1, denominator)).bar_ticks)
+    def checkpoint(self) -> SamplerState:
+        """What the stream taught the sampler so far, to return to (a barge-in's rewind)."""
+        return SamplerState(self.grid.copy(), dict(self.machine), set(self.human),
+                            self.velocity_bin, self.velocity_pending, tuple(self.recent),
+                            tuple(self.human_pitches), self.motifs.copy())
+
+    def restore(self, state: SamplerState) -> None:
+        self.grid = state.grid.copy()
+        self.machine, self.human = dict(state.machine), set(state.human)
+        self.velocity_bin, self.velocity_pending = state.velocity_bin, state.velocity_pending
+        self.recent = deque(state.recent, maxlen=self.recent.maxlen)
+        self.human_pitches = deque(state.human_pitches, maxlen=self.human_pitches.maxlen)
+        self.motifs = state.motifs.copy()
+        self._key_dirty = True
         self._mask = None
-        if tick <= self.tick:  # takes effect now: this tick becomes a bar line
-            if self.bar_start != self.tick:
-                self.bar_start, self.bar_done = self.tick, False
-            self.bar_ticks = bar
-            return
-        self._pending_meters.append((tick, bar))
-        self._pending_meters.sort()
 
     def set_constraints(self, constraints: Constraints) -> None:
         self.constraints = constraints
@@ -238,30 +252,17 @@ class Sampler:
         self._key_dirty = True
         self._mask = None
 
-    def update(self, **changes: object) -> None:
-        """Change some constraints (a knob turned): ``sampler.update(temperature=0.7)``."""
-        self.set_constraints(replace(self.constraints, **changes))
-
     @property
-    def allow_turn(self) -> bool:
-        """Whether the machine may hand over (TURN); the session sets it."""
-        return self._allow_turn
-
-    @allow_turn.setter
-    def allow_turn(self, value: bool) -> None:
-        self._allow_turn = bool(value)
-        self._mask = None
+    def tick(self) -> int:
+        return self.grid.tick
 
     @property
     def next_bar_line(self) -> int:
-        line = self.bar_start + self.bar_ticks
-        if self._pending_meters and self._pending_meters[0][0] < line:
-            line = self._pending_meters[0][0]
-        return line
+        return self.grid.next_line()
 
     @property
     def bar_required(self) -> bool:
-        return self.tick == self.bar_start and not self.bar_done
+        return self.grid.due
 
     def observe(self, tok: int, human: bool = False) -> None:
         """Track a token that entered the context; ``human`` marks the player's tokens."""
@@ -269,16 +270,9 @@ class Sampler:
         self._mask = None
         self.velocity_pending = False
         if tk.is_time_shift(tok):
-            self.tick += tk.shift_ticks(tok)
-            while self.tick >= self.next_bar_line:
-                if self._pending_meters and self._pending_meters[0][0] <= self.tick:
-                    self.bar_start, self.bar_ticks = self._pending_meters.pop(0)
-                else:
-                    self.bar_start += self.bar_ticks
-                self.bar_done = False
+            self.grid.move(tk.shift_ticks(tok))
         elif tok == tk.BAR:
-            if self.tick == self.bar_start:
-                self.bar_done = True
+            self.grid.mark()
         elif tk.is_note_on(tok):
             p = tk.token_pitch(tok)
             # One sounding note per key in the stream: a press closes whoever held the key.
@@ -423,7 +417,7 @@ class Sampler:
         if limit and self.machine:
             room = min(room, min(self.machine.values()) + limit - self.tick)
         m[tk.TIME_SHIFT_BASE : tk.TIME_SHIFT_BASE + max(room, 1)] = True
-        m[tk.TURN] = self.allow_turn
+        # TURN is the session's to place, never the sampler's: it stays masked.
         return m
 
     def _fallback(self, idx: np.ndarray) -> int:

@@ -52,9 +52,10 @@ class SimScheduler:
         self.closed = False
         self.errors: list[str] = []
 
-    def schedule(self, msg: mido.Message, deadline: float, *, tag: Hashable = None) -> int:
+    def schedule(self, msg: mido.Message, deadline: float | None, *, tag: Hashable = None) -> int:
         if self.closed:
             return -1
+        deadline = 0.0 if deadline is None else deadline
         n = next(self._seq)
         heapq.heappush(self._heap, (deadline, 1 if is_note_on(msg) else 0, n, msg, tag))
         return n
@@ -172,7 +173,7 @@ def run(session, sim: SimTime, scheduler: SimScheduler, script: Script, check=No
             else:
                 session.submit(item, sim.t)
             i += 1
-        session._tick_once(0)
+        session.tick_once(0)
         scheduler.advance()
         if check is not None:
             check(session, scheduler)
@@ -183,5 +184,5 @@ def run(session, sim: SimTime, scheduler: SimScheduler, script: Script, check=No
         if d is not None:
             nxt.append(d)
         sim.t = max(sim.t + 1e-4, min(nxt))
-    session._stop.set()
+    session.request_stop()
     scheduler.panic()

@@ -1,0 +1,99 @@
+"""What the session shows: the log lines, the piano roll's notes and the snapshots.
+
+This module owns the session's side of the UI boundary. The session says lines
+and shows notes as they happen; the publisher keeps them and, at a bounded rate
+on the session's own clock (so a simulated set publishes the same snapshots
+every run), builds the :class:`~improv.live.session_api.Snapshot` a UI reads.
+Nothing here waits for a UI: a snapshot is one reference swap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from improv.live.session_api import Latency, NoteHistory, Snapshot, State
+
+log = logging.getLogger("improv.live.session")
+
+SNAPSHOT_EVERY = 0.05  # seconds between published snapshots (20 Hz)
+
+
+class Publisher:
+    """Log lines, recent notes and the latest snapshot of one session."""
+
+    def __init__(self, time_fn: Callable[[], float], beat_ticks: int) -> None:
+        self.time_fn = time_fn
+        self.beat_ticks = beat_ticks
+        self.lines: deque[str] = deque(maxlen=500)
+        self.history = NoteHistory()
+        self.snapshot = Snapshot()
+        self._last = float("-inf")
+
+    def say(self, line: str) -> None:
+        log.info(line)
+        self.lines.append(line)
+
+    def drain(self) -> list[str]:
+        out = []
+        while self.lines:
+            out.append(self.lines.popleft())
+        return out
+
+    def note(self, who: str, pitch: int, velocity: int, tick: float) -> None:
+        """A note-on (velocity > 0) or note-off of ``who`` for the piano roll."""
+        beat = tick / self.beat_ticks
+        if velocity > 0:
+            self.history.on(who, pitch, beat)
+        else:
+            self.history.off(who, pitch, beat)
+
+    def due(self, force: bool = False) -> bool:
+        """Whether a snapshot is due (20 Hz, or at once when forced)."""
+        now = self.time_fn()
+        if not force and now - self._last < SNAPSHOT_EVERY:
+            return False
+        self._last = now
+        return True
+
+    def publish(self, session) -> None:
+        """Build the snapshot from the session's public state."""
+        es = session.engine.stats
+        ss = session.scheduler.stats()
+        clock = session.clock
+        controls = session.controls
+        key = session.stream.sampler.key
+        names = tuple(p.name for p in controls.presets)
+        preset = controls.preset
+        learner = controls.learner
+        self.snapshot = Snapshot(
+            state=session.state,
+            beat=session.now_tick() / clock.beat_ticks,
+            bpm=clock.bpm,
+            meter=(clock.meter.numerator, clock.meter.denominator),
+            clock_source="midi" if session.follower is not None else "internal",
+            preset=preset.name,
+            preset_number=names.index(preset.name) + 1 if preset.name in names else 0,
+            presets=names,
+            knobs=controls.values(),
+            mode=preset.mode,
+            key=preset.key,
+            key_detected=key.name if key is not None else None,
+            ports=session.ports,
+            latency=Latency(
+                decode_median_ms=es.median_ms if es.steps else None,
+                decode_p99_ms=es.p99_ms if es.steps else None,
+                schedule_p99_ms=ss.p99_ms,
+                tokens_per_s=es.tokens_per_s or None,
+                late=ss.late,
+                dropped=getattr(session.inbox, "dropped", 0),
+            ),
+            notes=self.history.recent(),
+            learning=getattr(learner, "armed", None),
+            bindings=learner.bindings.ccs() if learner is not None else {},
+            recording=str(getattr(session.recorder, "path", "")) or None,
+        )
+
+
+__all__ = ["Publisher", "SNAPSHOT_EVERY", "State"]

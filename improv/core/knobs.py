@@ -317,3 +317,13 @@ def clamp(name: str, value: float) -> float:
 def nudge(name: str, value: float, steps: int) -> float:
     """``value`` moved by ``steps`` of the knob's step, kept inside its range."""
     return clamp(name, value + steps * get(name).step)
+
+
+def turn(name: str, value: object) -> float | int | None:
+    """What a UI's "set this knob to ``value``" does: refused exactly as a preset value would be
+    (KnobError, same message); None for the knob's ``off`` value (bpm 0: keep the tempo)."""
+    k = get(name)
+    if not k.live:
+        raise KnobError(f"{name} is not a live knob: use one of {', '.join(LIVE)}")
+    checked = check(name, value)
+    return None if k.off is not None and checked == k.off else checked

@@ -1,5 +1,6 @@
 """The one knob registry: every preset field and knob flag comes from it, and a value out of range
-is refused with the same words by a preset file, ``--set``, a jam flag, the stage and the sampler."""
+is refused with the same words by a preset file, ``--set``, a jam flag, the stage, the sampler.
+"""
 
 from __future__ import annotations
 

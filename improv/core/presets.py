@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description="List style presets and check them.")
     ap.add_argument("--show", metavar="NAME|NUMBER", help="print one preset in full, as TOML")
     ap.add_argument("--check", nargs="+", metavar="FILE", help="validate these preset files")
-    ap.add_argument("--keys", action="store_true", help="list every key with its default")
+    ap.add_argument("--keys", action="store_true", help="print every key with its default, as TOML")
     ap.add_argument("--dir", action="append", type=Path, metavar="FOLDER",
                     help="search these folders instead of the shipped and user folders")
     args = ap.parse_args(argv)

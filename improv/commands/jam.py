@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from improv.core import knobs
 from improv.core.presets import PresetError, PresetLibrary, apply_overrides, parse_overrides
 from improv.live.clock import Clock, ClockSender, MidiClockFollower
 from improv.live.scheduler import Scheduler
 from improv.live.session import Session, SessionOptions
-from improv.live.session_api import KNOBS, PortView, State
+from improv.live.session_api import PortView, State
 
 log = logging.getLogger("improv.commands.jam")
 
@@ -65,10 +66,11 @@ def add_rig_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--preset", default=None, help="preset name or number (see 'improv presets')")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a preset field, e.g. --set temperature=0.7 (repeatable)")
-    ap.add_argument("--bpm", type=float, default=None, help="tempo (default: preset or 120)")
+    ap.add_argument("--bpm", type=knobs.arg_type("bpm"), default=None,
+                    help="tempo (default: preset or 120)")
     ap.add_argument("--meter", default="4/4", help="meter, e.g. 3/4 (default 4/4)")
     ap.add_argument("--seed", type=int, default=None, help="seed the sampler (reproducible)")
-    ap.add_argument("--mode", choices=("call_response", "overlap"), default=None,
+    ap.add_argument("--mode", choices=knobs.FIELDS["mode"].choices, default=None,
                     help="stop the answer when you play (call_response) or play over it")
     ap.add_argument("--record", type=Path, default=None, help="recording path (.mid)")
     ap.add_argument("--no-record", action="store_true", help="do not record the session")
@@ -120,6 +122,7 @@ def load_preset(args: argparse.Namespace):
     changes = parse_overrides(args.overrides) if args.overrides else {}
     if args.mode:
         changes["mode"] = args.mode
+    changes.update(knobs.flag_values(args, KNOB_FLAGS))  # typed and checked by argparse
     if changes:
         preset = apply_overrides(preset, **changes)
     return library, preset
@@ -218,6 +221,10 @@ def latency_line(snap) -> str:
 # --- command ------------------------------------------------------------------------------------
 
 
+# One typed flag per live knob (--temperature 0.7); bpm has --bpm above (it sets the clock).
+KNOB_FLAGS = tuple(n for n in knobs.LIVE if n != "bpm")
+
+
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog or "improv jam", description=__doc__.split("\n\n")[0])
     ap.add_argument("--in", dest="inp", default=None, help="input port (name or part of it)")
@@ -237,10 +244,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--clock-out", action="store_true", help="send MIDI clock as master")
     ap.add_argument("--no-tui", action="store_true", help="plain text instead of the stage UI")
     add_rig_arguments(ap)
-    for name in KNOBS:
-        if name != "bpm":
-            ap.add_argument(f"--{name.replace('_', '-')}", type=float, default=None,
-                            help=f"knob {name} (overrides the preset)")
+    knobs.add_flags(ap, KNOB_FLAGS)
     return ap
 
 
@@ -278,11 +282,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # Python threads hand over the GIL every 5 ms by default: too coarse for 1 ms timing.
     sys.setswitchinterval(0.001)
-    for name in KNOBS:
-        value = getattr(args, name, None)
-        if value is not None:
-            whole = name in ("response_bars", "call_bars")
-            args.overrides.append(f"{name}={int(value) if whole else value}")
     from improv.live.ports import PortError, PortWatcher
     from improv.live.recording import RecordingError
 

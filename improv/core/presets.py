@@ -1,7 +1,9 @@
 """Style presets: one TOML file per preset, one frozen schema, errors that point at the line.
 
-This module owns the preset schema (``Preset``), its validation, where presets live on disk
-and the ordered ``PresetLibrary`` the live session switches through with the number keys.
+This module owns the preset record (``Preset``), reading and checking preset files (errors that
+point at the line), where presets live on disk and the ordered ``PresetLibrary`` the live session
+switches through with the number keys. What each field may hold (type, range, default) is the
+knob registry's, :mod:`improv.core.knobs`, which also validates every value.
 
 A preset file is flat TOML; every key is optional and falls back to the default below::
 
@@ -19,9 +21,9 @@ Where presets come from, later folders overriding earlier ones by preset ``name`
    ``~/Library/Application Support/improv/presets`` (macOS), ``%APPDATA%\\improv\\presets``
    (Windows).
 
-The room imports the standard library only (``tomli`` on Python 3.10) and the key table
-of :mod:`improv.core.keys`, so the UI and the live path can both hold presets without pulling
-anything else in.
+The room imports the standard library only (``tomli`` on Python 3.10), the key table of
+:mod:`improv.core.keys` and the knob registry, so the UI and the live path can both hold
+presets without pulling anything else in.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import argparse
 import dataclasses
 import difflib
 import json
-import math
 import os
 import re
 import sys
@@ -38,16 +39,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from improv.core.keys import MODES, parse_key, pitch_classes
+from improv.core import knobs
+from improv.core.keys import parse_key, pitch_classes
+from improv.core.knobs import CORPUS_STYLES  # noqa: F401  (re-exported: presets.CORPUS_STYLES)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
-
-# Kept equal to improv.core.tokens.CORPUS_STYLES (a test checks), so this room stays stdlib-only.
-CORPUS_STYLES: tuple[str, ...] = ("chorale", "renaissance", "celtic", "folk", "classical")
-
 
 class PresetError(ValueError):
     """A preset that cannot be used; the message reads ``FILE:LINE: reason; what to do``."""
@@ -57,52 +56,59 @@ class PresetError(ValueError):
         self.source, self.line, self.reason = source, line, reason
 
 
+_D = knobs.defaults()
+
+
 @dataclass(frozen=True)
 class Preset:
-    """Everything a style preset sets. Immutable: change it with ``apply_overrides``."""
+    """Everything a style preset sets. Immutable: change it with ``apply_overrides``.
 
-    name: str = "default"
-    description: str = ""
-    default: bool = False  # the preset a set starts with when none is named (the first if none)
-    style: str = "folk"  # a corpus style or a user style name
+    What each field means, its range and its default live in :mod:`improv.core.knobs`
+    (``improv presets --keys`` lists them); the defaults below are read from there.
+    """
+
+    name: str = _D["name"]
+    description: str = _D["description"]
+    default: bool = _D["default"]
+    style: str = _D["style"]
     # sampling
-    temperature: float = 0.9
-    top_p: float = 0.95
-    top_k: int = 0  # 0 = off
-    repetition_penalty: float = 1.0  # 1.0 = off
-    density: float = 0.0  # -1 sparse (favour TIME_SHIFT) .. +1 busy (favour NOTE_ON)
+    temperature: float = _D["temperature"]
+    top_p: float = _D["top_p"]
+    top_k: int = _D["top_k"]
+    repetition_penalty: float = _D["repetition_penalty"]
+    density: float = _D["density"]
     # what the machine may play
-    register_low: int = 36
-    register_high: int = 96
-    register_follow: int = 0  # 0 = the whole range; N = within N semitones of the player
-    echo: float = 0.0  # 0 = off; how strongly the answer takes up the call's melodic shapes
-    max_polyphony: int = 4
-    max_note_beats: float = 4.0
-    key: str = "auto"  # "auto" (follow the call), "off", or e.g. "C major", "D dorian"
-    scale_lock: bool = False  # true: never leave the key's scale; false: only lean towards it
+    register_low: int = _D["register_low"]
+    register_high: int = _D["register_high"]
+    register_follow: int = _D["register_follow"]
+    echo: float = _D["echo"]
+    max_polyphony: int = _D["max_polyphony"]
+    max_note_beats: float = _D["max_note_beats"]
+    key: str = _D["key"]
+    scale_lock: bool = _D["scale_lock"]
     # turn-taking
-    bpm: float = 0.0  # 0 = keep the session's tempo
-    response_bars: int = 0  # 0 = as long as the call
-    call_bars: int = 0  # 0 = the call ends when the player does; N = trading N-bar phrases
-    predict_handover: bool = True  # answer on the line a phrase ends on, not after silence
-    handover_threshold: float = 0.08  # how sure the phrase-end evidence must be (0..1)
-    quantize: bool = True  # the player's notes on the sixteenth/triplet grid the model knows
-    silence_beats: float = 2.0  # the call ends after this much silence with all keys up
-    max_call_bars: int = 8
-    response_start: str = "bar"  # "beat" | "bar": where the response may start
-    mode: str = "call_response"  # "call_response" | "overlap" (keep listening while playing)
-    switch: str = "phrase"  # "phrase" | "now": when a new preset takes over
-    end_call_cc: int | None = 67  # a pedal that ends the call now (67 soft, 64 sustain), or none
+    bpm: float = _D["bpm"]
+    response_bars: int = _D["response_bars"]
+    call_bars: int = _D["call_bars"]
+    predict_handover: bool = _D["predict_handover"]
+    handover_threshold: float = _D["handover_threshold"]
+    quantize: bool = _D["quantize"]
+    silence_beats: float = _D["silence_beats"]
+    max_call_bars: int = _D["max_call_bars"]
+    response_start: str = _D["response_start"]
+    mode: str = _D["mode"]
+    switch: str = _D["switch"]
+    end_call_cc: int | None = _D["end_call_cc"]
     # how it sounds
-    velocity_scale: float = 1.0
-    velocity_offset: int = 0
-    velocity_curve: tuple[int, ...] = ()  # output velocities at evenly spaced inputs 0..127
-    dynamics: float = 1.0  # 0 = the model's velocities, 1 = the call's level and accents
-    guidance: float = 0.0  # 0 = off; >0 = lean on what the call implies (a second stream)
-    swing: float = 0.0  # delay of off-beat eighths, as a fraction of an eighth (0..0.5)
-    humanize_ms: float = 0.0
-    channel: int = 1  # 1..16, as printed on synths
-    program: int | None = None  # 0..127 program change sent on switch, or none
+    velocity_scale: float = _D["velocity_scale"]
+    velocity_offset: int = _D["velocity_offset"]
+    velocity_curve: tuple[int, ...] = _D["velocity_curve"]
+    dynamics: float = _D["dynamics"]
+    guidance: float = _D["guidance"]
+    swing: float = _D["swing"]
+    humanize_ms: float = _D["humanize_ms"]
+    channel: int = _D["channel"]
+    program: int | None = _D["program"]
 
     def shape_velocity(self, velocity: int) -> int:
         """Map a model velocity through scale, offset and curve to 1..127."""
@@ -122,133 +128,14 @@ class Preset:
         return pitch_classes(*parsed)
 
 
-# --- the schema's rules --------------------------------------------------------------------
+# --- the schema's rules: the knob registry ---------------------------------------------------
 
-
-@dataclass(frozen=True)
-class _Rule:
-    kind: str  # str, float, int, bool, choice, int_or_none, curve, key, style, name
-    lo: float | None = None
-    hi: float | None = None
-    choices: tuple[str, ...] = ()
-
-
-_RULES: dict[str, _Rule] = {
-    "name": _Rule("name"),
-    "description": _Rule("str"),
-    "default": _Rule("bool"),
-    "style": _Rule("style"),
-    "temperature": _Rule("float", 0.05, 2.0),
-    "top_p": _Rule("float", 0.0, 1.0),
-    "top_k": _Rule("int", 0, 307),
-    "repetition_penalty": _Rule("float", 1.0, 2.0),
-    "density": _Rule("float", -1.0, 1.0),
-    "register_low": _Rule("int", 21, 108),
-    "register_high": _Rule("int", 21, 108),
-    "register_follow": _Rule("int", 0, 48),
-    "echo": _Rule("float", 0.0, 8.0),
-    "max_polyphony": _Rule("int", 1, 16),
-    "max_note_beats": _Rule("float", 0.125, 32.0),
-    "key": _Rule("key"),
-    "scale_lock": _Rule("bool"),
-    "bpm": _Rule("float", 0.0, 300.0),
-    "response_bars": _Rule("int", 0, 64),
-    "call_bars": _Rule("int", 0, 16),
-    "predict_handover": _Rule("bool"),
-    "handover_threshold": _Rule("float", 0.0, 1.0),
-    "quantize": _Rule("bool"),
-    "silence_beats": _Rule("float", 0.25, 16.0),
-    "max_call_bars": _Rule("int", 1, 64),
-    "response_start": _Rule("choice", choices=("beat", "bar")),
-    "mode": _Rule("choice", choices=("call_response", "overlap")),
-    "switch": _Rule("choice", choices=("phrase", "now")),
-    "end_call_cc": _Rule("int_or_none", 0, 127),
-    "velocity_scale": _Rule("float", 0.1, 2.0),
-    "velocity_offset": _Rule("int", -126, 126),
-    "velocity_curve": _Rule("curve", 1, 127),
-    "dynamics": _Rule("float", 0.0, 1.0),
-    "guidance": _Rule("float", 0.0, 4.0),
-    "swing": _Rule("float", 0.0, 0.5),
-    "humanize_ms": _Rule("float", 0.0, 50.0),
-    "channel": _Rule("int", 1, 16),
-    "program": _Rule("int_or_none", 0, 127),
-}
-assert set(_RULES) == {f.name for f in dataclasses.fields(Preset)}, "schema and rules disagree"
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,39}$")
-_STYLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+assert list(knobs.FIELDS) == [f.name for f in dataclasses.fields(Preset)], \
+    "the Preset dataclass and the knob registry disagree"
 
 
 def _fmt(v: object) -> str:
     return json.dumps(v) if isinstance(v, str) else repr(v)
-
-
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check(key: str, value: object) -> tuple[object, str | None]:
-    """Validate one value: returns (normalised value, None) or (None, 'reason; what to do')."""
-    rule = _RULES[key]
-    got = f"got {_fmt(value)}"
-    if rule.kind in ("str", "name", "style", "key", "choice"):
-        if not isinstance(value, str):
-            return None, f"{key} must be a string, {got}: put the value in double quotes"
-        if rule.kind == "name" and not _NAME_RE.match(value):
-            return None, (
-                f"name {_fmt(value)} is not usable: use 1-40 letters, digits, spaces or _.+- "
-                "starting with a letter or digit"
-            )
-        if rule.kind == "style" and not _STYLE_RE.match(value):
-            return None, (
-                f"style {_fmt(value)} is not a style name: use one of "
-                f"{', '.join(CORPUS_STYLES)} or a lowercase user style name"
-            )
-        if rule.kind == "choice" and value not in rule.choices:
-            options = " or ".join(_fmt(c) for c in rule.choices)
-            return None, f"{key} = {_fmt(value)} is not allowed: use {options}"
-        if rule.kind == "key":
-            try:
-                parsed = parse_key(value)
-            except ValueError:
-                return None, (
-                    f"key = {_fmt(value)} is not a key: use \"auto\", \"off\" or a tonic and "
-                    f"mode such as \"C major\", \"A minor\", \"F# dorian\" (modes: "
-                    f"{', '.join(MODES)})"
-                )
-            if parsed is not None:  # keep the tonic as spelled (Bb stays Bb), tidy the case
-                tonic = value.split()[0]
-                value = f"{tonic[:1].upper()}{tonic[1:]} {parsed[1]}"
-            else:
-                value = value.strip().lower()
-        return value, None
-    if rule.kind == "bool":
-        if not isinstance(value, bool):
-            return None, f"{key} must be true or false, {got}: write true or false without quotes"
-        return value, None
-    if rule.kind == "curve":
-        if not isinstance(value, (list, tuple)) or len(value) == 1 or len(value) > 17:
-            return None, (f"{key} must be a list of 2 to 17 velocities, {got}: "
-                          "use e.g. [1, 64, 127], or [] for no curve")
-        for v in value:
-            if not _number(v) or not math.isfinite(v) or v != int(v) or not 1 <= v <= 127:
-                return None, f"{key} holds {_fmt(v)}: use whole numbers from 1 to 127"
-        return tuple(int(v) for v in value), None
-    # numbers: float, int, int_or_none
-    if rule.kind == "int_or_none" and (value is None or value == "none"):
-        return None, None
-    if not _number(value):
-        extra = ' or "none"' if rule.kind == "int_or_none" else ""
-        hint = " without quotes" if isinstance(value, str) else ""
-        return None, f"{key} must be a number{extra}, {got}: write a number{hint}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, f"{key} must be a finite number, {got}"
-    if rule.kind != "float" and value != int(value):
-        return None, f"{key} must be a whole number, {got}: drop the fraction"
-    if not rule.lo <= value <= rule.hi:
-        lo, hi = (rule.lo, rule.hi) if rule.kind == "float" else (int(rule.lo), int(rule.hi))
-        return None, f"{key} = {_fmt(value)} is out of range: use a value from {lo} to {hi}"
-    return (float(value) if rule.kind == "float" else int(value)), None
 
 
 def _line_of(text: str, key: str) -> int:
@@ -265,14 +152,14 @@ def _build(data: dict, where) -> Preset:
     """Preset from parsed values; ``where(key) -> (source, line)`` locates errors."""
     values: dict[str, object] = {}
     for key, value in data.items():
-        if key not in _RULES:
-            close = difflib.get_close_matches(key, _RULES, n=1)
+        if key not in knobs.FIELDS:
+            close = difflib.get_close_matches(key, knobs.FIELDS, n=1)
             hint = f"did you mean '{close[0]}'?" if close else "run 'improv presets --keys'"
             raise PresetError(*where(key), f"unknown key '{key}': {hint}")
-        checked, problem = _check(key, value)
-        if problem:
-            raise PresetError(*where(key), problem)
-        values[key] = checked
+        try:
+            values[key] = knobs.check(key, value)
+        except knobs.KnobError as e:
+            raise PresetError(*where(key), str(e)) from None
     preset = dataclasses.replace(Preset(), **values)
     if preset.register_low > preset.register_high:
         raise PresetError(
@@ -318,7 +205,8 @@ def apply_overrides(preset: Preset, **changes: object) -> Preset:
 def parse_overrides(items: list[str]) -> dict[str, object]:
     """``["temperature=0.7", "key=A minor"]`` -> a dict for ``apply_overrides``.
 
-    Values are read as TOML (numbers, true/false, lists), else taken as plain strings, so
+    Each value is read as its field's type from the knob registry (``knobs.parse_text``):
+    numbers, true/false, a list for ``velocity_curve``, plain text for strings, so
     ``key=A minor`` needs no quotes on a shell command line.
     """
     out: dict[str, object] = {}
@@ -326,26 +214,33 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise PresetError("<override>", 1, f"'{item}' is not KEY=VALUE: e.g. temperature=0.7")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw.strip()
+        out[key.strip()] = knobs.parse_text(key.strip(), raw)
     return out
+
+
+def _toml_value(v: object) -> str:
+    if v is None:
+        return '"none"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        return f"[{', '.join(str(x) for x in v)}]"
+    return _fmt(v)
+
+
+def _keys_toml() -> str:
+    """Every key with its default, as a TOML file; the range and meaning as a comment."""
+    lines = []
+    for k in knobs.FIELDS.values():
+        notes = "; ".join(x for x in (k.range_text(), k.help) if x)
+        lines.append(f"{k.name} = {_toml_value(k.default)}" + (f"  # {notes}" if notes else ""))
+    return "\n".join(lines) + "\n"
 
 
 def to_toml(preset: Preset) -> str:
     """The preset as a TOML file that ``parse_preset`` reads back to an equal preset."""
-    lines = []
-    for f in dataclasses.fields(Preset):
-        v = getattr(preset, f.name)
-        if v is None:
-            v = "none"
-        if isinstance(v, tuple):
-            lines.append(f"{f.name} = [{', '.join(str(x) for x in v)}]")
-        elif isinstance(v, bool):
-            lines.append(f"{f.name} = {'true' if v else 'false'}")
-        else:
-            lines.append(f"{f.name} = {_fmt(v)}")
+    lines = [f"{f.name} = {_toml_value(getattr(preset, f.name))}"
+             for f in dataclasses.fields(Preset)]
     return "\n".join(lines) + "\n"
 
 
@@ -472,17 +367,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description="List style presets and check them.")
     ap.add_argument("--show", metavar="NAME|NUMBER", help="print one preset in full, as TOML")
     ap.add_argument("--check", nargs="+", metavar="FILE", help="validate these preset files")
-    ap.add_argument("--keys", action="store_true", help="list every key with its default")
+    ap.add_argument("--keys", action="store_true", help="print every key with its default, as TOML")
     ap.add_argument("--dir", action="append", type=Path, metavar="FOLDER",
                     help="search these folders instead of the shipped and user folders")
     args = ap.parse_args(argv)
 
     if args.keys:
-        for f in dataclasses.fields(Preset):
-            rule = _RULES[f.name]
-            rng = f" ({rule.lo}..{rule.hi})" if rule.lo is not None else ""
-            rng = f" ({' | '.join(rule.choices)})" if rule.choices else rng
-            print(f"{f.name} = {_fmt(f.default)}{rng}")
+        print(_keys_toml(), end="")
         return 0
     if args.check:
         bad = 0

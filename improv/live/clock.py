@@ -33,14 +33,15 @@ from collections.abc import Callable
 
 import mido
 
+from improv.core.knobs import FIELDS
 from improv.core.tokens import TICKS_PER_QUARTER, Meter
 
 now: Callable[[], float] = (
     time.perf_counter if sys.platform == "win32" and sys.version_info < (3, 13) else time.monotonic
 )
 
-MIN_BPM = 20.0
-MAX_BPM = 400.0
+# The one tempo range (the knob registry's): tap tempo, set_tempo and the MIDI clock follower.
+MIN_BPM, MAX_BPM = float(FIELDS["bpm"].lo), float(FIELDS["bpm"].hi)
 
 
 def try_realtime() -> bool:

@@ -1,9 +1,10 @@
 """Knobs on MIDI control change: which CC turns which knob, MIDI learn, and the bindings file.
 
-This module owns the mapping between hardware controllers and the knobs named in
-``session_api.KNOBS``. The session holds a :class:`Learner` (over a :class:`Bindings`) and feeds
-it every control-change message; the same code runs with or without the TUI, so a headless
-``improv jam`` and the stage UI turn knobs the same way.
+This module owns the mapping between hardware controllers and the CC-learnable knobs of the
+knob registry (:mod:`improv.core.knobs`, which holds their ranges and steps). The session holds
+a :class:`Learner` (over a :class:`Bindings`) and feeds it every control-change message; the
+same code runs with or without the TUI, so a headless ``improv jam`` and the stage UI turn knobs
+the same way.
 
 - ``cc_to_value(knob, 0..127)`` scales a controller position onto the knob's range, in whole
   steps of the knob's step size (0 gives the low end, 127 the high end).
@@ -30,8 +31,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from improv.core import knobs
 from improv.core.presets import user_preset_dir
-from improv.live.session_api import KNOBS
 
 FORMAT_VERSION = 1
 
@@ -50,9 +51,18 @@ class Binding:
         return cc == self.cc and (any_channel or channel == self.channel)
 
 
+def learnable() -> tuple[str, ...]:
+    """The knobs a CC may turn, in stage order."""
+    return tuple(n for n in knobs.LIVE if knobs.learnable(n))
+
+
+def _unknown(knob: str) -> str:
+    return f"unknown knob '{knob}': use one of {', '.join(learnable())}"
+
+
 def _check_binding(knob: str, cc: object, channel: object, where: str) -> Binding:
-    if knob not in KNOBS:
-        raise ControlsError(f"{where}: unknown knob '{knob}': use one of {', '.join(KNOBS)}")
+    if not knobs.learnable(knob):
+        raise ControlsError(f"{where}: {_unknown(knob)}")
     if isinstance(cc, bool) or not isinstance(cc, int) or not 0 <= cc <= 127:
         raise ControlsError(f"{where}: CC for '{knob}' must be a whole number 0..127, got {cc!r}")
     if channel is not None and (
@@ -146,9 +156,10 @@ def default_bindings() -> Bindings:
 
 def cc_to_value(knob: str, cc_value: int) -> float:
     """A controller position 0..127 on the knob's range, in whole steps of its step size."""
-    if knob not in KNOBS:
-        raise ControlsError(f"unknown knob '{knob}': use one of {', '.join(KNOBS)}")
-    lo, hi, step = KNOBS[knob]
+    if not knobs.learnable(knob):
+        raise ControlsError(_unknown(knob))
+    k = knobs.FIELDS[knob]
+    lo, hi, step = k.lo, k.hi, k.step
     frac = min(127, max(0, int(cc_value))) / 127
     steps = round(frac * (hi - lo) / step)
     return round(min(hi, lo + steps * step), 6)  # round(): no 0.30000000000000004 on screen
@@ -156,7 +167,9 @@ def cc_to_value(knob: str, cc_value: int) -> float:
 
 def value_to_cc(knob: str, value: float) -> int:
     """The controller position nearest to ``value`` (for feedback to motorised/LED knobs)."""
-    lo, hi, _ = KNOBS[knob]
+    if not knobs.learnable(knob):
+        raise ControlsError(_unknown(knob))
+    lo, hi = knobs.FIELDS[knob].lo, knobs.FIELDS[knob].hi
     return int(round(min(1.0, max(0.0, (value - lo) / (hi - lo))) * 127))
 
 
@@ -182,9 +195,8 @@ class Learner:
 
     def arm(self, knob: str | None) -> None:
         """Wait for a CC to bind to ``knob``; None cancels (as does :meth:`cancel`)."""
-        if knob is not None and knob not in KNOBS:
-            raise ControlsError(f"cannot learn unknown knob '{knob}': "
-                                f"use one of {', '.join(KNOBS)}")
+        if knob is not None and not knobs.learnable(knob):
+            raise ControlsError(f"cannot learn {_unknown(knob)}")
         self.armed = knob
 
     def cancel(self) -> None:

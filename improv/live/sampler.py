@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from improv.core import keys
+from improv.core import keys, knobs
 from improv.core import tokens as tk
 from improv.core.grid import BarGrid
 from improv.core.keys import KK_MAJOR, KK_MINOR, NOTE_NAMES
@@ -164,9 +164,20 @@ class Constraints:
 
     @classmethod
     def from_preset(cls, preset: object) -> Constraints:
-        """Constraints from anything with preset-like attributes (``presets.Preset``)."""
-        kw = {f.name: getattr(preset, f.name) for f in fields(cls) if hasattr(preset, f.name)}
-        beats = getattr(preset, "max_note_beats", None)
+        """Constraints from anything with preset-like attributes (``presets.Preset``).
+
+        Every preset value is checked by the knob registry first, so a preset the sampler
+        takes is one ``improv presets --check`` accepts, with the same message if not.
+        """
+        names = [f.name for f in fields(cls) if f.name in knobs.FIELDS] + ["max_note_beats"]
+        kw = {}
+        for name in names:
+            if hasattr(preset, name):
+                try:
+                    kw[name] = knobs.check(name, getattr(preset, name))
+                except knobs.KnobError as e:
+                    raise SamplerError(str(e)) from None
+        beats = kw.pop("max_note_beats", None)
         if beats is not None:
             kw["max_note_ticks"] = max(1, round(beats * tk.TICKS_PER_QUARTER))
         return cls(**kw)

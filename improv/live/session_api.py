@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from improv.core import knobs as knob_registry
+
 
 class State(str, enum.Enum):
     IDLE = "idle"
@@ -73,16 +75,12 @@ class Latency:
     dropped: int = 0
 
 
-# The knobs a player can turn: name -> (low, high, step). The session, the TUI,
-# the command line and MIDI CC all use these names.
+# The knobs a player can turn: name -> (low, high, step), in stage order. A view of the knob
+# registry (improv.core.knobs, which holds labels, defaults and validation too), kept under this
+# name until Session reads the registry itself.
 KNOBS: dict[str, tuple[float, float, float]] = {
-    "temperature": (0.05, 2.0, 0.05),
-    "top_p": (0.05, 1.0, 0.01),
-    "density": (-1.0, 1.0, 0.05),
-    "response_bars": (0.0, 16.0, 1.0),
-    "call_bars": (0.0, 16.0, 1.0),
-    "silence_beats": (0.25, 8.0, 0.25),
-    "bpm": (30.0, 300.0, 1.0),
+    name: (float(k.lo), float(k.hi), float(k.step))
+    for name, k in ((n, knob_registry.FIELDS[n]) for n in knob_registry.LIVE)
 }
 
 

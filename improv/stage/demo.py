@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from improv.core import knobs
 from improv.core.presets import Preset, PresetLibrary
 from improv.live.session_api import (
-    KNOBS,
     Intent,
     Latency,
     Learn,
@@ -73,7 +73,7 @@ class DemoSession:
         self._t = now
         if self._learn_at is not None and now >= self._learn_at and self.snap.learning:
             knob, self._learn_at = self.snap.learning, None
-            cc = 20 + list(KNOBS).index(knob)
+            cc = 20 + knobs.LIVE.index(knob)
             moved = {k: v for k, v in self.snap.bindings.items() if v != cc}
             self.snap = replace(self.snap, learning=None, bindings={**moved, knob: cc})
             self._log.append(f"learned: cc{cc} turns {knob}")
@@ -87,10 +87,17 @@ class DemoSession:
     def send(self, intent: Intent) -> None:
         s = self.snap
         if isinstance(intent, NudgeKnob):
-            lo, _, step = KNOBS[intent.name]
-            self._set(intent.name, s.knobs.get(intent.name, lo) + intent.steps * step)
+            lo = knobs.FIELDS[intent.name].lo
+            self._set(intent.name, knobs.nudge(intent.name, s.knobs.get(intent.name, lo),
+                                               intent.steps))
         elif isinstance(intent, SetKnob):
-            self._set(intent.name, intent.value)
+            try:  # refused with the words a preset file or --set would get
+                value = knobs.turn(intent.name, intent.value)
+            except knobs.KnobError as e:
+                self._log.append(str(e))
+                return
+            if value is not None:
+                self._set(intent.name, value)
         elif isinstance(intent, SelectPreset):
             self._select(intent.which)
         elif isinstance(intent, SetMode):
@@ -129,8 +136,7 @@ class DemoSession:
         self._log.append(f"{role}put port: {name}")
 
     def _set(self, name: str, value: float) -> None:
-        lo, hi, _ = KNOBS[name]
-        value = round(min(hi, max(lo, value)), 6)
+        value = knobs.clamp(name, value)
         self.snap = replace(self.snap, knobs={**self.snap.knobs, name: value},
                             bpm=value if name == "bpm" else self.snap.bpm)
 

@@ -20,18 +20,11 @@ from textual.widget import Widget
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from improv.live.session_api import KNOBS, Intent, Latency, PortView, SelectPort, Snapshot, State
+from improv.core import knobs
+from improv.live.session_api import Intent, Latency, PortView, SelectPort, Snapshot, State
 
-# knob name -> label on screen (the same words as in the key bar)
-KNOB_LABELS = {
-    "temperature": "temp",
-    "top_p": "top-p",
-    "density": "density",
-    "response_bars": "resp bars",
-    "call_bars": "trade",
-    "silence_beats": "silence",
-    "bpm": "tempo",
-}
+# knob name -> label on screen: the knob registry's label, in stage order
+KNOB_LABELS = {name: knobs.FIELDS[name].label for name in knobs.LIVE}
 MODE_LABELS = {"call_response": "call & response", "overlap": "overlap"}
 CLOCK_LABELS = {"internal": "int", "midi": "midi in"}
 
@@ -165,7 +158,7 @@ class KnobView(Widget, can_focus=True):
         self.knob = knob
 
     def render(self) -> Text:
-        lo, hi, _ = KNOBS[self.knob]
+        lo, hi = knobs.FIELDS[self.knob].lo, knobs.FIELDS[self.knob].hi
         width = self.content_size.width
         head = f"{KNOB_LABELS[self.knob]:<9} {format_knob(self.knob, self.value):>6} "
         if self.learning:
@@ -188,7 +181,7 @@ class KnobPanel(Vertical):
     snapshot: reactive[Snapshot] = reactive(Snapshot, repaint=False)  # the knobs repaint
 
     def compose(self) -> ComposeResult:
-        for name in KNOBS:
+        for name in knobs.LIVE:
             yield KnobView(name, id=f"knob-{name}")
 
     def watch_snapshot(self, s: Snapshot) -> None:

@@ -15,7 +15,7 @@ from improv.live.clock import Clock
 from improv.live.engine import Engine
 from improv.live.scheduler import Scheduler
 from improv.live.session import RESPONSE, Session, SessionOptions
-from improv.live.session_api import NudgeKnob, SelectPreset, State
+from improv.live.session_api import NudgeKnob, SelectPreset, SetKnob, State
 from improv.live.simulate import Script, SimScheduler, random_script, run, sim_session
 
 
@@ -306,3 +306,21 @@ def test_overlap_mode_plays_on_and_answers_the_call_played_under_it(tiny_model_d
     assert len(s.responses) >= 2, log
     ctx_names = [tk.token_name(t) for t in s.engine.context_tokens]
     assert "NOTE_ON_74" in ctx_names
+
+
+@pytest.mark.parametrize(("name", "value"), [("top_p", 0.0), ("response_bars", 17),
+                                             ("bpm", 400.0)])
+def test_a_live_knob_out_of_range_is_refused_with_the_registry_words(tiny_model_dir, library,
+                                                                     name, value):
+    from improv.core import knobs
+
+    s, sim, clock, sched = make_session(tiny_model_dir, library)
+    s.start(thread=False)
+    before = s.controls.value(name)
+    s.drain_log()
+    s.send(SetKnob(name, value))
+    s.tick_once(0)
+    with pytest.raises(knobs.KnobError) as e:
+        knobs.check(name, value)
+    assert s.drain_log() == [str(e.value)]
+    assert s.controls.value(name) == before

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from improv.core import knobs as registry
 from improv.core.presets import Preset, PresetLibrary, apply_overrides
 from improv.live.controls import Bindings, Learner
 from improv.live.sampler import Constraints, Sampler
-from improv.live.session_api import KNOBS
 
 
 @dataclass(frozen=True)
@@ -57,25 +57,29 @@ class Controls:
         return float(getattr(self.preset, name))
 
     def values(self) -> dict[str, float]:
-        return {name: self.value(name) for name in KNOBS}
+        return {name: self.value(name) for name in registry.LIVE}
 
     def set_knob(self, name: str, value: float) -> str | None:
-        """Turn a knob (clamped to its range); returns a line to say when refused."""
-        if name not in KNOBS:
-            return f"unknown knob {name!r}"
-        lo, hi, _ = KNOBS[name]
-        value = min(max(float(value), lo), hi)
-        if name == "bpm":
-            self.clock.set_tempo(value)
+        """Turn a knob to ``value``; returns the line to say when it is refused.
+
+        Refused exactly as the same value in a preset file or a ``--set`` flag would be.
+        """
+        try:
+            v = registry.turn(name, value)
+        except (KeyError, ValueError) as e:
+            return str(e).strip("'\"")
+        if v is None:  # the knob's "off" value (bpm 0: keep the tempo)
             return None
-        if name in ("response_bars", "call_bars"):
-            return self.update(**{name: int(round(value))})
-        return self.update(**{name: value})
+        if name == "bpm":
+            self.clock.set_tempo(v)
+            return None
+        return self.update(**{name: v})
 
     def nudge(self, name: str, steps: int) -> str | None:
-        if name not in KNOBS:
+        """A step up or down, stopping at the ends of the knob's range."""
+        if name not in registry.LIVE:
             return f"unknown knob {name!r}"
-        return self.set_knob(name, self.value(name) + steps * KNOBS[name][2])
+        return self.set_knob(name, registry.nudge(name, self.value(name), steps))
 
     def update(self, **changes: object) -> str | None:
         """Change preset fields live; returns a line to say when refused."""
@@ -93,7 +97,7 @@ class Controls:
         done = self.learner.feed(control, value, channel)
         if done is None:
             return None
-        said = self.set_knob(done.knob, done.value)
+        said = self.set_knob(done.knob, registry.clamp(done.knob, done.value))
         if done.learned:
             if self.on_learned is not None:
                 self.on_learned(self.learner.bindings)

@@ -25,9 +25,10 @@ from pathlib import Path
 
 from improv.commands.jam import default_model_dir
 from improv.core.presets import PresetLibrary
+from improv.live.answer import RESPONSE
 from improv.live.clock import Clock
 from improv.live.engine import Engine
-from improv.live.session import RESPONSE, Session, SessionOptions
+from improv.live.session import Session, SessionOptions
 from improv.live.simulate import SimScheduler, SimTime, random_script, run
 
 

@@ -12,7 +12,7 @@ import mido
 from improv.core import tokens as tk
 from improv.core.presets import apply_overrides
 from improv.learn import dataset
-from improv.live.session import RESPONSE
+from improv.live.answer import RESPONSE
 from improv.live.simulate import Script, run, sim_session
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "improv-base"

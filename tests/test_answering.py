@@ -89,8 +89,8 @@ def test_the_guide_stream_holds_the_answer_but_not_the_call(tiny_model_dir, libr
     pl.phrase(0, [60, 62, 64, 65])
     pl.play(bars_after=3)
     s = pl.session
-    assert s.responses and s.guide is not None
-    ctx = s.guide.engine.context_tokens
+    assert s.responses and s.answering.guide is not None
+    ctx = s.answering.guide.engine.context_tokens
     # STYLE, BAR, VELOCITY, then every answer token, in step with the main stream
     assert ctx[1] == tk.BAR and tk.is_velocity(ctx[2])
     answer, main = ctx[3:], s.engine.context_tokens

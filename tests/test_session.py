@@ -11,10 +11,11 @@ import pytest
 
 from improv.core import tokens as tk
 from improv.core.presets import apply_overrides
+from improv.live.answer import RESPONSE
 from improv.live.clock import Clock
 from improv.live.engine import Engine
 from improv.live.scheduler import Scheduler
-from improv.live.session import RESPONSE, Session, SessionOptions
+from improv.live.session import Session, SessionOptions
 from improv.live.session_api import NudgeKnob, SelectPreset, SetKnob, State
 from improv.live.simulate import Script, SimScheduler, random_script, run, sim_session
 
@@ -123,7 +124,7 @@ def test_knobs_and_presets_apply_between_steps(tiny_model_dir, library):
     s.send(NudgeKnob("temperature", +1))
     s.tick_once(0)
     want = library.by_number(3).temperature + 0.05
-    assert s.sampler.constraints.temperature == pytest.approx(want)
+    assert s.stream.sampler.constraints.temperature == pytest.approx(want)
     assert t0 > 0
 
 
@@ -206,7 +207,7 @@ def test_midi_learn_binds_a_cc_and_the_cc_turns_the_knob(tiny_model_dir, library
     s.submit(mido.Message("control_change", control=74, value=0), sim.t)
     s.tick_once(0)
     assert s.preset.temperature == pytest.approx(0.05)
-    assert s.sampler.constraints.temperature == pytest.approx(0.05)
+    assert s.stream.sampler.constraints.temperature == pytest.approx(0.05)
     s.publish(force=True)
     assert s.snapshot().bindings == {"temperature": 74}
 
@@ -248,7 +249,7 @@ def test_following_a_midi_clock_master_that_moves_the_song_position(tiny_model_d
     first = next(x for x in machine_notes(sched) if x.msg.type == "note_on")
     assert min(abs(first.t - b) for b in beats) < 0.002, "the answer is off the master's beat"
     # The master jumps back to bar 1: the stream's time must still only run forward.
-    before = s.encoder.tick
+    before = s.stream.tick
     s.submit(mido.Message("songpos", pos=0), sim.t)
     s.submit(mido.Message("continue"), sim.t)
     s.tick_once(0)
@@ -262,7 +263,7 @@ def test_picking_another_port_reopens_it_off_the_session_thread(tiny_model_dir, 
     from improv.live.session_api import PortView, SelectPort
 
     s, sim, clock, sched = make_session(tiny_model_dir, library)
-    s.ports = (PortView("in", "keys", True), PortView("out", "synth A", True))
+    s.port_panel.views = (PortView("in", "keys", True), PortView("out", "synth A", True))
     picked = threading.Event()
     threads = []
 
@@ -273,7 +274,7 @@ def test_picking_another_port_reopens_it_off_the_session_thread(tiny_model_dir, 
         picked.set()
         return PortView(role, name, True)
 
-    s.port_selector = selector
+    s.port_panel.selector = selector
     s.send(SelectPort("out", "synth B"))
     s.tick_once(0)
     assert picked.wait(2.0)

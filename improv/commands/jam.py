@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                  PortView("out", out.name, True, out.virtual))
         rig = build_rig(args, out, inbox=inp.queue, ports=ports, follower=args.clock == "midi")
         rig.closers += [inp, out]
-        rig.session.port_selector = lambda role, name: select_port(rig, inp, out, role, name)
+        rig.session.port_panel.selector = lambda role, name: select_port(rig, inp, out, role, name)
         if not inp.virtual:
             def on_port(event: str, name: str) -> None:
                 rig.session.set_port(PortView("in", name, event == "back", False))

@@ -46,9 +46,9 @@ from improv.learn.conversation import FIGURES, Phrase, all_responsiveness, answe
 from improv.learn.conversation_pairs import Pair, Window, choose_pairs, choose_windows
 from improv.learn.dataset import DataError, default_corpus_dir, load_split, style_names
 from improv.learn.eval_dynamics import dynamics_figure, dynamics_line
+from improv.live.answer import RESPONSE
 from improv.live.clock import Clock
 from improv.live.engine import Engine, ModelError
-from improv.live.session import RESPONSE
 from improv.live.simulate import Script, run, sim_session
 
 DEFAULT_BPM = 120.0

@@ -12,8 +12,9 @@ is cut, or ends; this decides what it plays.
 from __future__ import annotations
 
 from improv.core import tokens as tk
-from improv.live.answer import Answer
+from improv.live.answer import RESPONSE, Answer
 from improv.live.guidance import Guide
+from improv.live.handover import call_bars
 from improv.live.session_api import State
 
 MAX_STEPS = 256  # tokens per turn of the session loop, so input is never starved
@@ -93,7 +94,58 @@ class Answering:
             self._play(r, tok)
             steps += 1
         if stream.tick >= r.end_tick:
-            s.finish_answer()
+            self.finish()
+
+    def finish(self) -> None:
+        """The answer reached its length: end its notes, hand the turn back."""
+        s = self.session
+        r = s.answer
+        if r.predicted:  # the guess held: the player let the answer play out
+            s.handover.predictor.confirmed(
+                call_bars(r.call_bar, r.start_tick, s.clock.bar_ticks))
+        for p in sorted(r.sounding):
+            s.stream.note_off(r.end_tick, p, human=False)
+            s.voice.note_off(r, p, r.end_tick, s.preset)
+            s.out.note("machine", p, 0, r.end_tick)
+        s.stream.feed(s.stream.encoder.turn(), human=False)
+        s.answer = None
+        self.end()
+        # A call played under the answer (overlap mode) is heard out like any other.
+        s.set_state(State.LISTENING if s.call_start is not None else State.IDLE)
+        if s.call_start is None:
+            s.controls.apply_pending(s)
+
+    def barge_in(self, tick: int) -> None:
+        """The player came in: stop the answer and rewind the context to what was heard."""
+        s = self.session
+        r = s.answer
+        s.answer = None
+        self.end()
+        s.scheduler.cancel(RESPONSE)
+        # A wrong guess (Answer.played_into): at most a note sounded and was cut; the
+        # context forgets it, so the call reads on as one phrase.
+        wrong = r.played_into(tick, s.clock.beat_ticks)
+        if not r.first_note or tick < r.start_tick or wrong:
+            # Nothing of the answer sounded: the call simply goes on, as if never ended.
+            s.stream.restore(r.call)
+            s.call_start, s.call_bar = r.call_start, r.call_bar
+            s.handover.taken_back(r, wrong and tick >= r.start_tick)
+            s.discarded += 1
+            if s.responses and s.responses[-1].get("first_note_deadline") is None:
+                s.responses.pop()
+            cut = wrong and r.first_note and tick >= r.start_tick
+            s.say("the call goes on" + (" (a note of the answer was cut)" if cut else ""))
+            s.set_state(State.LISTENING)
+            return
+        heard = r.heard(tick)
+        s.stream.restore(r.start)
+        s.stream.replay(heard)
+        for p in sorted(s.stream.sampler.machine):
+            s.stream.note_off(tick, p, human=False)
+            s.out.note("machine", p, 0, tick)
+        s.stream.feed(s.stream.encoder.turn(tick), human=False)
+        s.say("barge-in: the answer stops")
+        s.set_state(State.LISTENING)
 
     def _play(self, r: Answer, tok: int) -> None:
         s = self.session

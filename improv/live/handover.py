@@ -140,6 +140,15 @@ class HandoverPredictor:
             self.wrong[bars] -= 1
 
 
+@dataclass(frozen=True)
+class CallEnd:
+    """Why the call ends now and, when it is known already, the answer's line and length."""
+
+    why: str  # "trading" | "predicted" | "silence" | "max length"
+    start: int | None = None
+    bars: int | None = None
+
+
 class Handover:
     """The session's hand-over judgement: releases, judged lines, wrong guesses.
 
@@ -183,13 +192,46 @@ class Handover:
         # (A note before the line only says the phrase had more in it: the line may still
         # end it, judged again at the next release.)
 
+    def due(self, now: float) -> CallEnd | None:
+        """Whether the call ends now, and where the answer goes (the session is LISTENING)."""
+        s = self.session
+        p, bar = s.preset, s.clock.bar_ticks
+        if p.call_bars:  # trading: the line is fixed by the call's first bar
+            line = s.call_bar + p.call_bars * bar
+            return CallEnd("trading", line, p.call_bars) if now >= line - self.lead_ticks() \
+                else None
+        if p.predict_handover:
+            guess = self.judge(now)
+            if guess is not None:
+                return CallEnd("predicted", *guess)
+        if not s.keys_down and now - s.last_human >= p.silence_beats * s.clock.beat_ticks:
+            return CallEnd("silence")
+        if now - s.call_start >= p.max_call_bars * bar:
+            return CallEnd("max length")
+        return None
+
+    def line_after(self, tick: float) -> int:
+        """The first bar line (or beat, with ``response_start = "beat"``) at or after ``tick``."""
+        s = self.session
+        line = s.clock.next_bar if s.preset.response_start == "bar" else s.clock.next_beat
+        return line(tick - s.offset) + s.offset
+
+    def bar_line_of(self, tick: int) -> int:
+        """The bar line on or before a first note (one a hair early belongs to the line)."""
+        s = self.session
+        return s.clock.bar_start(tick + LINE_SLACK - s.offset) + s.offset
+
+    def lead_ticks(self) -> float:
+        """The least time between the hand-over and the answer's line (options.min_lead_ms)."""
+        return self.session.clock.ticks(self.session.options.min_lead_ms / 1000.0)
+
     def judge(self, now: float) -> tuple[int, int] | None:
         """(line, bars) to answer on, when the phrase seems over at the line let go at."""
         s, rel = self.session, self.release
         if s.keys_down or rel is None:
             return None
         clock = s.clock
-        line = s.line_after(rel.tick - LINE_SLACK)
+        line = self.line_after(rel.tick - LINE_SLACK)
         near = clock.bar_ticks // 2 if s.preset.response_start == "bar" else clock.beat_ticks
         if line == self.judged or line in self.refused or rel.tick < line - near \
                 or s.stream.tick > line:

@@ -13,11 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from improv.core import knobs as registry
 from improv.core.presets import Preset, PresetLibrary, apply_overrides
+from improv.live import session_api as api
 from improv.live.controls import Bindings, Learner
 from improv.live.sampler import Constraints, Sampler
+from improv.live.session_api import Intent
+
+
+class ControlsHost(Protocol):
+    """What the controls ask of the session: the whole of their reach into it."""
+
+    between_phrases: bool
+
+    def say(self, line: str) -> None: ...
+    def cut(self) -> None: ...
+    def restyle(self, style: str) -> None: ...
+    def send_program(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,53 @@ class Controls:
         if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
             return self.presets.by_number(int(which))
         return self.presets.get(which)
+
+    # --- intents and switches (``host``: the session, see ControlsHost) --------------------------
+
+    def on_intent(self, intent: Intent, host: ControlsHost) -> None:
+        """A UI's knob, mode, key, preset, tap or learn intent."""
+        said = None
+        if isinstance(intent, api.SetKnob):
+            said = self.set_knob(intent.name, intent.value)
+        elif isinstance(intent, api.NudgeKnob):
+            said = self.nudge(intent.name, intent.steps)
+        elif isinstance(intent, api.SetMode):
+            said = self.update(mode=intent.mode)
+        elif isinstance(intent, api.SetKey):
+            said = self.update(key=intent.key)
+        elif isinstance(intent, api.SelectPreset):
+            self.switch(intent.which, now=intent.now, host=host)
+        elif isinstance(intent, api.TapTempo):
+            bpm = self.clock.tap()
+            said = None if bpm is None else f"tap tempo: {bpm:.1f} BPM"
+        elif isinstance(intent, api.Learn):
+            said = self.learn(intent.knob)
+        if said:
+            host.say(said)
+
+    def switch(self, which: int | str, now: bool, host: ControlsHost) -> None:
+        """Switch preset: at the next phrase, or at once (the answer is cut like a barge-in)."""
+        try:
+            preset = self.resolve(which)
+        except (KeyError, IndexError, ValueError) as e:
+            host.say(f"no preset {which!r}: {e}")
+            return
+        self.pending = preset
+        if now or preset.switch == "now" or host.between_phrases:
+            host.cut()
+            self.apply_pending(host)
+        else:
+            host.say(f"preset {preset.name} at the next phrase")
+
+    def apply_pending(self, host: ControlsHost) -> None:
+        """At a phrase boundary: the preset waiting for one takes effect."""
+        switch = self.take_pending()
+        if switch is None:
+            return
+        host.send_program()
+        if switch.restyle:
+            host.restyle(switch.preset.style)
+        host.say(f"preset: {switch.preset.name} (style {switch.preset.style})")
 
     def take_pending(self) -> Switch | None:
         """At a phrase boundary: the preset waiting for one takes effect."""

@@ -1,0 +1,74 @@
+"""The player's MIDI messages, each to the part of the set it concerns.
+
+This module owns what an incoming message means: a note is the call (or, on the
+control channel, a preset switch), a CC is the end-call pedal or a bound knob, a
+program change switches presets, MIDI beat clock and transport go to the clock
+follower. The message's timestamp becomes a stream tick here, the last place
+seconds appear on the way in.
+"""
+
+from __future__ import annotations
+
+import mido
+
+from improv.live.session_api import State
+
+CLOCK_MESSAGES = frozenset({"clock", "start", "stop", "continue", "songpos"})
+
+
+class Router:
+    """Routes the session's incoming messages; runs on the session thread."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def on_message(self, msg: mido.Message, t: float) -> None:
+        s = self.session
+        kind = msg.type
+        channel = s.options.control_channel
+        control = channel is not None and getattr(msg, "channel", None) == channel
+        if kind in CLOCK_MESSAGES:
+            self._clock(msg, t)
+            return
+        if kind in ("note_on", "note_off"):
+            if control:
+                if kind == "note_on" and msg.velocity > 0:
+                    s.controls.switch(msg.note % 12 + 1, now=False, host=s)
+                return
+            tick = s.clock.time_to_tick(t) + s.offset  # seconds end here, at the input
+            s.hear(msg.note, msg.velocity if kind == "note_on" else 0, tick)
+            s.ingest_ms.append((s.clock.time_fn() - t) * 1000.0)  # note in -> tokens fed
+            if s.options.thru:
+                s.scheduler.schedule(msg.copy(channel=s.preset.channel - 1), None, tag="thru")
+        elif kind == "control_change":
+            self._cc(msg.control, msg.value, msg.channel)
+        elif kind == "program_change" and (channel is None or control):
+            s.controls.switch(msg.program + 1, now=False, host=s)
+
+    def _cc(self, control: int, value: int, channel: int) -> None:
+        s = self.session
+        pedals = {s.preset.end_call_cc, *s.options.pedal_ccs} - {None}
+        if control in pedals and value >= 64 and s.state == State.LISTENING:
+            s.end_call("pedal")
+            return
+        said = s.controls.feed_cc(control, value, channel + 1)  # learn's channels: 1-16
+        if said:
+            s.say(said)
+
+    def _clock(self, msg: mido.Message, t: float) -> None:
+        s = self.session
+        if s.follower is None:
+            return
+        if msg.type != "clock":
+            s.cut()  # the master starts or moves: the answer stops
+        s.follower.feed_message(msg, t)
+        if msg.type != "clock":
+            self._transport()
+
+    def _transport(self) -> None:
+        """The master started or moved: the stream's bars realign on its bars, time goes on."""
+        s = self.session
+        bar = s.clock.bar_ticks
+        lag = s.stream.tick - s.clock.now_tick()
+        s.offset = max(0, -(-int(lag) // bar)) * bar if lag > 0 else 0
+        s.say(f"MIDI clock: transport at bar {int(s.clock.now_tick()) // bar + 1}")

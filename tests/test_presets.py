@@ -267,3 +267,16 @@ def test_the_default_preset_is_the_one_marked_else_the_first(tmp_path):
     shipped = PresetLibrary()
     assert shipped.default().name == "folk song"
     assert sum(p.default for p in shipped) == 1
+
+
+def test_a_preset_is_found_by_number_inner_name_or_file_name():
+    lib = P.PresetLibrary([SHIPPED])
+    by_name = lib.find("celtic reel")
+    assert lib.find("celtic-reel") is by_name  # the file's name, as the README writes it
+    assert lib.find("celtic-reel.toml") is by_name
+    assert lib.find(str(lib.names().index("celtic reel") + 1)) is by_name
+    assert lib.find(lib.names().index("celtic reel") + 1) is by_name
+    with pytest.raises(P.PresetError, match="no preset named 'nope'"):
+        lib.find("nope")
+    with pytest.raises(P.PresetError, match="no preset number 99"):
+        lib.find("99")

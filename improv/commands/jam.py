@@ -109,16 +109,7 @@ def load_preset(args: argparse.Namespace):
     for err in library.errors:
         print(f"improv: {err}", file=sys.stderr)
     which = args.preset
-    try:
-        if which is None:
-            preset = library.default()
-        elif which.isdigit():
-            preset = library.by_number(int(which))
-        else:
-            preset = library.get(which)
-    except (KeyError, IndexError) as e:
-        names = ", ".join(library.names())
-        raise JamError(f"no preset {which!r} ({e}); choose one of: {names}") from None
+    preset = library.default() if which is None else library.find(which)
     changes = parse_overrides(args.overrides) if args.overrides else {}
     if args.mode:
         changes["mode"] = args.mode

@@ -332,6 +332,20 @@ class PresetLibrary:
         raise PresetError("<library>", 1, f"no preset named '{name}': "
                           f"choose one of {', '.join(self.names())}")
 
+    def find(self, which: Preset | str | int) -> Preset:
+        """A preset by its number (from 1), its name or its file's name (``celtic-reel``).
+
+        The one lookup every way of naming a preset goes through; PresetError if none.
+        """
+        if isinstance(which, Preset):
+            return which
+        if isinstance(which, int) or str(which).strip().isdigit():
+            return self.by_number(int(which))
+        for name, path in self.sources.items():
+            if which == name or (path is not None and which in (path.stem, path.name)):
+                return self.get(name)
+        return self.get(which)
+
     def default(self) -> Preset:
         """The preset a set starts with: the first marked ``default = true``, else the first."""
         return next((p for p in self.presets if p.default), self.presets[0])
@@ -389,7 +403,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     lib = PresetLibrary(args.dir)
     if args.show:
         try:
-            p = lib.by_number(int(args.show)) if args.show.isdigit() else lib.get(args.show)
+            p = lib.find(args.show)
         except PresetError as e:
             print(f"{ap.prog}: {e.reason}", file=sys.stderr)
             return 2

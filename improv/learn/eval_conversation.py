@@ -256,7 +256,7 @@ def choose_presets(library: PresetLibrary, which: str, overrides: dict) -> list[
     swing (timing must stay on the grid the answer was generated on)."""
     names = library.names() if which.strip() in ("", "all") else \
         [w.strip() for w in which.split(",") if w.strip()]
-    return [measured(library.by_number(int(n)) if n.isdigit() else library.get(n), overrides)
+    return [measured(library.find(n), overrides)
             for n in names]
 
 

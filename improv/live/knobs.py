@@ -127,12 +127,8 @@ class Controls:
     # --- presets -------------------------------------------------------------------------------
 
     def resolve(self, which: Preset | str | int) -> Preset:
-        """A preset by itself, its number (1-based) or its name; KeyError/IndexError if none."""
-        if isinstance(which, Preset):
-            return which
-        if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
-            return self.presets.by_number(int(which))
-        return self.presets.get(which)
+        """A preset by itself, its number (1-based), its name or its file's name."""
+        return self.presets.find(which)
 
     # --- intents and switches (``host``: the session, see ControlsHost) --------------------------
 
@@ -161,8 +157,8 @@ class Controls:
         """Switch preset: at the next phrase, or at once (the answer is cut like a barge-in)."""
         try:
             preset = self.resolve(which)
-        except (KeyError, IndexError, ValueError) as e:
-            host.say(f"no preset {which!r}: {e}")
+        except ValueError as e:  # PresetError: its reason says what there is
+            host.say(getattr(e, "reason", str(e)))
             return
         self.pending = preset
         if now or preset.switch == "now" or host.between_phrases:

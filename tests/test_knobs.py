@@ -16,7 +16,7 @@ from improv.core import presets as P
 from improv.core.knobs import tomllib  # tomli on Python 3.10
 from improv.core.presets import Preset, PresetError, PresetLibrary
 from improv.live import clock as clock_mod
-from improv.live import controls
+from improv.live import midi_learn as controls
 from improv.live.sampler import Constraints, SamplerError
 from improv.live.session_api import KNOBS, SetKnob
 from improv.stage import widgets

@@ -190,7 +190,7 @@ def test_real_time_session_with_the_real_scheduler(tiny_model_dir, library):
 
 
 def test_midi_learn_binds_a_cc_and_the_cc_turns_the_knob(tiny_model_dir, library):
-    from improv.live.controls import Bindings, Learner
+    from improv.live.midi_learn import Bindings, Learner
     from improv.live.session_api import Learn
 
     saved = []

@@ -153,7 +153,7 @@ def build_rig(args: argparse.Namespace, output, inbox=None, ports=(), follower=F
                           on_sent=on_sent)
     options = SessionOptions(lookahead_beats=args.lookahead, seed=args.seed,
                              thru=getattr(args, "thru", False))
-    from improv.live.controls import Learner, load_bindings, save_bindings
+    from improv.live.midi_learn import Learner, load_bindings, save_bindings
 
     bindings, problem = load_bindings()
     if problem is not None:

@@ -1,277 +1,197 @@
-"""Knobs on MIDI control change: which CC turns which knob, MIDI learn, and the bindings file.
+"""What the player turns: knobs, presets and MIDI learn, as one object.
 
-This module owns the mapping between hardware controllers and the CC-learnable knobs of the
-knob registry (:mod:`improv.core.knobs`, which holds their ranges and steps). The session holds
-a :class:`Learner` (over a :class:`Bindings`) and feeds it every control-change message; the
-same code runs with or without the TUI, so a headless ``improv jam`` and the stage UI turn knobs
-the same way.
-
-- ``cc_to_value(knob, 0..127)`` scales a controller position onto the knob's range, in whole
-  steps of the knob's step size (0 gives the low end, 127 the high end).
-- A binding is a CC number and optionally a channel (1..16, as printed on synths; none means any
-  channel). One CC drives at most one knob: binding a CC that another knob uses moves it.
-- MIDI learn: ``Learner.arm(knob)``; the next CC message binds that knob (with its channel) and
-  also sets the knob to the controller's position, so what you see matches the hardware.
-- Bindings are saved as JSON in the user config folder, next to the user presets folder
-  (``$XDG_CONFIG_HOME/improv/bindings.json`` on Linux, ``~/Library/Application Support/improv``
-  on macOS, ``%APPDATA%\\improv`` on Windows). A corrupt file is reported, and the defaults are
-  used until it is fixed or deleted.
-
-Default bindings: CC 1 (the mod wheel, on nearly every keyboard) -> density, so the wheel makes
-the machine sparser (down) or busier (up) with no setup. CC 64 and 67 (sustain, soft pedal) are
-left alone: presets use them to end the call.
-
-Standard library only, so the live path and the UI can both import it.
+This module owns the set's current preset and how a change of it takes effect:
+a knob turn (from the UI, the command line or a learned CC) is clamped to the
+knob's range and changes the preset, the sampler's constraints or the clock; a
+preset switch waits for the next phrase unless asked for at once. The session
+owns the conversation and calls in here between two model steps, on its own
+thread; it is told what to do about the music (re-style the stream, cut the
+answer, send a program change), never reached into.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
 
-from improv.core import knobs
-from improv.core.presets import user_preset_dir
+from improv.core import knobs as registry
+from improv.core.presets import Preset, PresetLibrary, apply_overrides
+from improv.live import session_api as api
+from improv.live.midi_learn import Bindings, Learner
+from improv.live.sampler import Constraints, Sampler
+from improv.live.session_api import Intent
 
-FORMAT_VERSION = 1
 
+class ControlsHost(Protocol):
+    """What the controls ask of the session: the whole of their reach into it."""
 
-class ControlsError(ValueError):
-    """A bindings file or a binding that cannot be used; the message says what to do."""
+    between_phrases: bool
+
+    def say(self, line: str) -> None: ...
+    def cut(self) -> None: ...
+    def restyle(self, style: str) -> None: ...
+    def send_program(self) -> None: ...
 
 
 @dataclass(frozen=True)
-class Binding:
-    cc: int
-    channel: int | None = None  # 1..16; None listens on every channel
+class Switch:
+    """A preset that took effect: what the session must do about it."""
 
-    def matches(self, cc: int, channel: int | None) -> bool:
-        any_channel = self.channel is None or channel is None
-        return cc == self.cc and (any_channel or channel == self.channel)
+    preset: Preset
+    restyle: bool  # the style changed: the stream re-encodes under the new STYLE
 
 
-def learnable() -> tuple[str, ...]:
-    """The knobs a CC may turn, in stage order."""
-    return tuple(n for n in knobs.LIVE if knobs.learnable(n))
+class Controls:
+    """The set's preset, knobs and CC bindings; changed only on the session thread."""
 
+    def __init__(
+        self,
+        presets: PresetLibrary,
+        preset: Preset | str | int | None,
+        sampler: Sampler,
+        clock,
+        learner: Learner | None = None,
+        on_learned: Callable[[Bindings], object] | None = None,
+    ) -> None:
+        self.presets = presets
+        self.preset = self.resolve(preset) if preset is not None else presets.default()
+        self.pending: Preset | None = None  # waits for the next phrase
+        self.sampler = sampler
+        self.clock = clock
+        self.learner = learner
+        self.on_learned = on_learned  # saves the bindings (jam: off the session thread)
+        sampler.set_constraints(constraints_for(self.preset, sampler.constraints))
 
-def _unknown(knob: str) -> str:
-    return f"unknown knob '{knob}': use one of {', '.join(learnable())}"
+    # --- knobs ---------------------------------------------------------------------------------
 
+    def value(self, name: str) -> float:
+        if name == "bpm":
+            return self.clock.bpm
+        return float(getattr(self.preset, name))
 
-def _check_binding(knob: str, cc: object, channel: object, where: str) -> Binding:
-    if not knobs.learnable(knob):
-        raise ControlsError(f"{where}: {_unknown(knob)}")
-    if isinstance(cc, bool) or not isinstance(cc, int) or not 0 <= cc <= 127:
-        raise ControlsError(f"{where}: CC for '{knob}' must be a whole number 0..127, got {cc!r}")
-    if channel is not None and (
-        isinstance(channel, bool) or not isinstance(channel, int) or not 1 <= channel <= 16
-    ):
-        raise ControlsError(
-            f"{where}: channel for '{knob}' must be 1..16 or null (any), got {channel!r}"
-        )
-    return Binding(cc, channel)
+    def values(self) -> dict[str, float]:
+        return {name: self.value(name) for name in registry.LIVE}
 
+    def set_knob(self, name: str, value: float) -> str | None:
+        """Turn a knob to ``value``; returns the line to say when it is refused.
 
-class Bindings:
-    """Knob name -> :class:`Binding`; a CC (on a channel) belongs to one knob at most."""
+        Refused exactly as the same value in a preset file or a ``--set`` flag would be.
+        """
+        try:
+            v = registry.turn(name, value)
+        except (KeyError, ValueError) as e:
+            return str(e).strip("'\"")
+        if v is None:  # the knob's "off" value (bpm 0: keep the tempo)
+            return None
+        if name == "bpm":
+            self.clock.set_tempo(v)
+            return None
+        return self.update(**{name: v})
 
-    def __init__(self, items: dict[str, Binding | int] | None = None):
-        self._by_knob: dict[str, Binding] = {}
-        for knob, b in (items or {}).items():
-            b = b if isinstance(b, Binding) else Binding(b)
-            self.bind(knob, b.cc, b.channel)
+    def nudge(self, name: str, steps: int) -> str | None:
+        """A step up or down, stopping at the ends of the knob's range."""
+        if name not in registry.LIVE:
+            return f"unknown knob {name!r}"
+        return self.set_knob(name, registry.nudge(name, self.value(name), steps))
 
-    def bind(self, knob: str, cc: int, channel: int | None = None) -> list[str]:
-        """Bind ``knob`` to ``cc``; returns the knobs that lost that CC to it."""
-        new = _check_binding(knob, cc, channel, "binding")
-        moved = [k for k, b in self._by_knob.items() if k != knob and b.matches(cc, channel)]
-        for k in moved:
-            del self._by_knob[k]
-        self._by_knob[knob] = new
-        return moved
-
-    def unbind(self, knob: str) -> None:
-        self._by_knob.pop(knob, None)
-
-    def get(self, knob: str) -> Binding | None:
-        return self._by_knob.get(knob)
-
-    def knob_for(self, cc: int, channel: int | None = None) -> str | None:
-        """The knob a CC message on ``channel`` (1..16) turns, if any."""
-        for knob, b in self._by_knob.items():
-            if b.matches(cc, channel):
-                return knob
+    def update(self, **changes: object) -> str | None:
+        """Change preset fields live; returns a line to say when refused."""
+        try:
+            self.preset = apply_overrides(self.preset, **changes)
+        except ValueError as e:
+            return str(e)
+        self.sampler.set_constraints(constraints_for(self.preset, self.sampler.constraints))
         return None
 
-    def ccs(self) -> dict[str, int]:
-        """Knob -> CC number, the shape ``Snapshot.bindings`` carries."""
-        return {k: b.cc for k, b in self._by_knob.items()}
-
-    def items(self):
-        return self._by_knob.items()
-
-    def to_dict(self) -> dict:
-        return {
-            "version": FORMAT_VERSION,
-            "bindings": {k: {"cc": b.cc, "channel": b.channel} for k, b in self.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: object, where: str = "bindings") -> Bindings:
-        if not isinstance(data, dict) or not isinstance(data.get("bindings"), dict):
-            raise ControlsError(f"{where}: expected an object with a 'bindings' object")
-        if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ControlsError(f"{where}: unsupported version {data.get('version')!r} "
-                                f"(this improv reads version {FORMAT_VERSION})")
-        out = cls()
-        for knob, entry in data["bindings"].items():
-            if isinstance(entry, dict):
-                b = _check_binding(knob, entry.get("cc"), entry.get("channel"), where)
-            else:  # a bare CC number is accepted too: {"density": 1}
-                b = _check_binding(knob, entry, None, where)
-            other = out.knob_for(b.cc, b.channel)
-            if other is not None:
-                raise ControlsError(f"{where}: CC {b.cc} is bound to both '{other}' and '{knob}'")
-            out.bind(knob, b.cc, b.channel)
-        return out
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Bindings) and self._by_knob == other._by_knob
-
-    def __len__(self) -> int:
-        return len(self._by_knob)
-
-    def __repr__(self) -> str:
-        return f"Bindings({self._by_knob!r})"
-
-
-def default_bindings() -> Bindings:
-    return Bindings({"density": Binding(1)})
-
-
-# --- scaling -------------------------------------------------------------------------------
-
-
-def cc_to_value(knob: str, cc_value: int) -> float:
-    """A controller position 0..127 on the knob's range, in whole steps of its step size."""
-    if not knobs.learnable(knob):
-        raise ControlsError(_unknown(knob))
-    k = knobs.FIELDS[knob]
-    lo, hi, step = k.lo, k.hi, k.step
-    frac = min(127, max(0, int(cc_value))) / 127
-    steps = round(frac * (hi - lo) / step)
-    return round(min(hi, lo + steps * step), 6)  # round(): no 0.30000000000000004 on screen
-
-
-def value_to_cc(knob: str, value: float) -> int:
-    """The controller position nearest to ``value`` (for feedback to motorised/LED knobs)."""
-    if not knobs.learnable(knob):
-        raise ControlsError(_unknown(knob))
-    lo, hi = knobs.FIELDS[knob].lo, knobs.FIELDS[knob].hi
-    return int(round(min(1.0, max(0.0, (value - lo) / (hi - lo))) * 127))
-
-
-# --- MIDI learn ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Control:
-    """What one CC message did: set ``knob`` to ``value``; ``learned`` if it made a binding."""
-
-    knob: str
-    value: float
-    learned: bool = False
-    moved_from: tuple[str, ...] = ()  # knobs that lost this CC to ``knob``
-
-
-class Learner:
-    """Turns CC messages into knob values, and binds the next CC to an armed knob."""
-
-    def __init__(self, bindings: Bindings | None = None):
-        self.bindings = bindings if bindings is not None else default_bindings()
-        self.armed: str | None = None
-
-    def arm(self, knob: str | None) -> None:
-        """Wait for a CC to bind to ``knob``; None cancels (as does :meth:`cancel`)."""
-        if knob is not None and not knobs.learnable(knob):
-            raise ControlsError(f"cannot learn {_unknown(knob)}")
-        self.armed = knob
-
-    def cancel(self) -> None:
-        self.armed = None
-
-    def feed(self, cc: int, value: int, channel: int | None = None) -> Control | None:
-        """One CC message (``channel`` 1..16); returns what it changed, or None."""
-        if self.armed is not None:
-            knob, self.armed = self.armed, None
-            moved = self.bindings.bind(knob, cc, channel)
-            return Control(knob, cc_to_value(knob, value), True, tuple(moved))
-        knob = self.bindings.knob_for(cc, channel)
-        if knob is None:
+    def feed_cc(self, control: int, value: int, channel: int) -> str | None:
+        """A CC from the player (``channel`` one-based): a bound knob turns, or learning ends."""
+        if self.learner is None:
             return None
-        return Control(knob, cc_to_value(knob, value))
-
-    def feed_message(self, msg) -> Control | None:
-        """A mido message; anything but control_change is ignored (mido channels are 0..15)."""
-        if getattr(msg, "type", None) != "control_change":
+        done = self.learner.feed(control, value, channel)
+        if done is None:
             return None
-        return self.feed(msg.control, msg.value, msg.channel + 1)
+        said = self.set_knob(done.knob, registry.clamp(done.knob, done.value))
+        if done.learned:
+            if self.on_learned is not None:
+                self.on_learned(self.learner.bindings)
+            return f"learned: CC {control} -> {done.knob}"
+        return said
+
+    def learn(self, knob: str | None) -> str | None:
+        if self.learner is None:
+            return None
+        self.learner.arm(knob)
+        return f"MIDI learn: move a control for {knob}" if knob else None
+
+    # --- presets -------------------------------------------------------------------------------
+
+    def resolve(self, which: Preset | str | int) -> Preset:
+        """A preset by itself, its number (1-based), its name or its file's name."""
+        return self.presets.find(which)
+
+    # --- intents and switches (``host``: the session, see ControlsHost) --------------------------
+
+    def on_intent(self, intent: Intent, host: ControlsHost) -> None:
+        """A UI's knob, mode, key, preset, tap or learn intent."""
+        said = None
+        if isinstance(intent, api.SetKnob):
+            said = self.set_knob(intent.name, intent.value)
+        elif isinstance(intent, api.NudgeKnob):
+            said = self.nudge(intent.name, intent.steps)
+        elif isinstance(intent, api.SetMode):
+            said = self.update(mode=intent.mode)
+        elif isinstance(intent, api.SetKey):
+            said = self.update(key=intent.key)
+        elif isinstance(intent, api.SelectPreset):
+            self.switch(intent.which, now=intent.now, host=host)
+        elif isinstance(intent, api.TapTempo):
+            bpm = self.clock.tap()
+            said = None if bpm is None else f"tap tempo: {bpm:.1f} BPM"
+        elif isinstance(intent, api.Learn):
+            said = self.learn(intent.knob)
+        if said:
+            host.say(said)
+
+    def switch(self, which: int | str, now: bool, host: ControlsHost) -> None:
+        """Switch preset: at the next phrase, or at once (the answer is cut like a barge-in)."""
+        try:
+            preset = self.resolve(which)
+        except ValueError as e:  # PresetError: its reason says what there is
+            host.say(getattr(e, "reason", str(e)))
+            return
+        self.pending = preset
+        if now or preset.switch == "now" or host.between_phrases:
+            host.cut()
+            self.apply_pending(host)
+        else:
+            host.say(f"preset {preset.name} at the next phrase")
+
+    def apply_pending(self, host: ControlsHost) -> None:
+        """At a phrase boundary: the preset waiting for one takes effect."""
+        switch = self.take_pending()
+        if switch is None:
+            return
+        host.send_program()
+        if switch.restyle:
+            host.restyle(switch.preset.style)
+        host.say(f"preset: {switch.preset.name} (style {switch.preset.style})")
+
+    def take_pending(self) -> Switch | None:
+        """At a phrase boundary: the preset waiting for one takes effect."""
+        p = self.pending
+        if p is None:
+            return None
+        self.pending = None
+        old_style = self.preset.style
+        self.preset = p
+        self.sampler.set_constraints(constraints_for(p, self.sampler.constraints))
+        if p.bpm:
+            self.clock.set_tempo(p.bpm)
+        return Switch(p, restyle=p.style != old_style)
 
 
-# --- the bindings file ---------------------------------------------------------------------
-
-
-def config_dir() -> Path:
-    """The per-user improv config folder (the parent of the user presets folder)."""
-    return user_preset_dir().parent
-
-
-def bindings_path() -> Path:
-    return config_dir() / "bindings.json"
-
-
-def read_bindings(path: str | os.PathLike) -> Bindings:
-    """Parse a bindings file; raises :class:`ControlsError` naming the file and the fix."""
-    path = Path(path)
-    fix = f"fix it or delete it to start again ({path})"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ControlsError(f"{path}: not a text file; {fix}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ControlsError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); {fix}") from None
-    try:
-        return Bindings.from_dict(data, where=str(path))
-    except ControlsError as e:
-        raise ControlsError(f"{e}; {fix}") from None
-
-
-def load_bindings(path: str | os.PathLike | None = None) -> tuple[Bindings, ControlsError | None]:
-    """The saved bindings, or the defaults and the reason when the file is corrupt.
-
-    A missing file is not an error (nothing learned yet). The live session calls this at start
-    and keeps playing either way; the error goes to its log.
-    """
-    path = bindings_path() if path is None else Path(path)
-    if not path.exists():
-        return default_bindings(), None
-    try:
-        return read_bindings(path), None
-    except (ControlsError, OSError) as e:
-        err = e if isinstance(e, ControlsError) else ControlsError(
-            f"{path}: cannot read ({e.strerror}); using default bindings")
-        return default_bindings(), err
-
-
-def save_bindings(bindings: Bindings, path: str | os.PathLike | None = None) -> Path:
-    """Write atomically (temp file + rename), so a crash never leaves half a file."""
-    path = bindings_path() if path is None else Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(bindings.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+def constraints_for(preset: Preset, old: Constraints) -> Constraints:
+    """The sampler's constraints for ``preset``, keeping what presets do not set."""
+    new = Constraints.from_preset(preset)
+    return replace(old, **{f: getattr(new, f) for f in new.__dataclass_fields__})

@@ -18,7 +18,7 @@ mode the answer plays on under the new call.
 
 Time is stream ticks (clock ticks + ``offset``: a MIDI master may move the song
 position, the stream only runs forward); seconds appear only where the clock
-turns an input's timestamp into a tick. Knobs and presets: :mod:`improv.live.knobs`.
+turns an input's timestamp into a tick. Knobs and presets: :mod:`improv.live.controls`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from improv.live import session_api as api
 from improv.live.answer import Answer, Voice
 from improv.live.answering import Answering
 from improv.live.clock import Clock
-from improv.live.controls import Bindings, Learner
+from improv.live.controls import Controls
 from improv.live.dynamics import Dynamics
 from improv.live.handover import Handover, call_bars
-from improv.live.knobs import Controls
+from improv.live.midi_learn import Bindings, Learner
 from improv.live.port_panel import PortPanel
 from improv.live.ports import InputQueue
 from improv.live.publisher import Publisher

@@ -6,8 +6,8 @@ import mido
 import pytest
 
 from improv.core.presets import user_preset_dir
-from improv.live import controls
-from improv.live.controls import (
+from improv.live import midi_learn as controls
+from improv.live.midi_learn import (
     Binding,
     Bindings,
     ControlsError,

@@ -36,18 +36,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from improv.core import tokens
-
-FORMAT = 1
-
-
-class ModelError(ValueError):
-    """A model directory or configuration that cannot be used; the message says what to do."""
+from improv.core.model_dir import FORMAT as FORMAT
+from improv.core.model_dir import ModelError as ModelError
 
 
 @dataclass
 class ModelConfig:
-    # The defaults are the shipped size, chosen by measured one-core ONNX Runtime
-    # step latency at full context (see export.measure_step_latency and MODEL_CARD.md).
+    # The shipped model's width and depth, chosen by measured one-core ONNX Runtime step
+    # latency (export.measure_step_latency, MODEL_CARD.md). It was trained with a
+    # context of 512 (models/improv-base/config.json); 1024 is what training starts from.
     vocab_size: int = tokens.VOCAB_SIZE
     n_layer: int = 5
     n_head: int = 6

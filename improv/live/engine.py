@@ -47,7 +47,6 @@ tokens, happens off the hot path.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -58,47 +57,12 @@ import numpy as np
 import onnxruntime as ort
 
 from improv.core import tokens as tk
+from improv.core.model_dir import ModelError as ModelError
+from improv.core.model_dir import read_model_dir as read_model_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-_CONFIG_KEYS = ("vocab_size", "n_layer", "n_head", "d_model", "context")
 _OUTPUTS = ["logits", "new_keys", "new_values"]
-
-
-class ModelError(ValueError):
-    """A model directory that cannot be run; the message says what to do."""
-
-
-# --- the model directory -----------------------------------------------------------------
-
-
-def read_model_dir(model_dir: str | Path) -> tuple[dict, dict[str, int]]:
-    """``(config, styles)`` of a model directory, checked against this vocabulary."""
-    d = Path(model_dir)
-    fix = f"point --model at a folder made by 'improv train' + 'improv export' (got {d})"
-    if not d.is_dir():
-        raise ModelError(f"model directory {d} does not exist; {fix}")
-    for name in ("config.json", "vocab.json", "model.onnx"):
-        if not (d / name).is_file():
-            raise ModelError(f"{d / name} is missing; {fix}")
-    try:
-        config = json.loads((d / "config.json").read_text())
-        vocab = json.loads((d / "vocab.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{d} has a corrupt config.json or vocab.json ({e}); re-export it") from e
-    if not isinstance(config, dict) or any(type(config.get(k)) is not int for k in _CONFIG_KEYS):
-        raise ModelError(f"{d / 'config.json'} lacks {', '.join(_CONFIG_KEYS)}; re-export it")
-    if config.get("format", FORMAT) != FORMAT:
-        raise ModelError(f"{d} has model format {config.get('format')}, this improv reads {FORMAT}")
-    names = vocab.get("tokens") if isinstance(vocab, dict) else None
-    if config["vocab_size"] != tk.VOCAB_SIZE or names != tk.vocabulary():
-        raise ModelError(
-            f"{d} was trained on another vocabulary ({config['vocab_size']} tokens, this improv "
-            f"has {tk.VOCAB_SIZE}); retrain it or use a matching improv version"
-        )
-    styles = vocab.get("styles") or {n: i for i, n in enumerate(tk.CORPUS_STYLES)}
-    return config, {str(k): int(v) for k, v in styles.items()}
 
 
 def _session(path: Path, provider: str, threads: int) -> ort.InferenceSession:

@@ -1,0 +1,48 @@
+"""A model directory: what ``improv train``/``improv export`` write and ``improv jam`` reads.
+
+This module owns the directory's contract, on both sides of it: the format number,
+the files that must be there, the vocabulary check, and the one error a model that
+cannot be used raises (its message says what to do).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from improv.core import tokens as tk
+
+FORMAT = 1
+_CONFIG_KEYS = ("vocab_size", "n_layer", "n_head", "d_model", "context")
+
+
+class ModelError(ValueError):
+    """A model directory or configuration that cannot be used; the message says what to do."""
+
+
+def read_model_dir(model_dir: str | Path) -> tuple[dict, dict[str, int]]:
+    """``(config, styles)`` of a model directory, checked against this vocabulary."""
+    d = Path(model_dir)
+    fix = f"point --model at a folder made by 'improv train' + 'improv export' (got {d})"
+    if not d.is_dir():
+        raise ModelError(f"model directory {d} does not exist; {fix}")
+    for name in ("config.json", "vocab.json", "model.onnx"):
+        if not (d / name).is_file():
+            raise ModelError(f"{d / name} is missing; {fix}")
+    try:
+        config = json.loads((d / "config.json").read_text())
+        vocab = json.loads((d / "vocab.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{d} has a corrupt config.json or vocab.json ({e}); re-export it") from e
+    if not isinstance(config, dict) or any(type(config.get(k)) is not int for k in _CONFIG_KEYS):
+        raise ModelError(f"{d / 'config.json'} lacks {', '.join(_CONFIG_KEYS)}; re-export it")
+    if config.get("format", FORMAT) != FORMAT:
+        raise ModelError(f"{d} has model format {config.get('format')}, this improv reads {FORMAT}")
+    names = vocab.get("tokens") if isinstance(vocab, dict) else None
+    if config["vocab_size"] != tk.VOCAB_SIZE or names != tk.vocabulary():
+        raise ModelError(
+            f"{d} was trained on another vocabulary ({config['vocab_size']} tokens, this improv "
+            f"has {tk.VOCAB_SIZE}); retrain it or use a matching improv version"
+        )
+    styles = vocab.get("styles") or {n: i for i, n in enumerate(tk.CORPUS_STYLES)}
+    return config, {str(k): int(v) for k, v in styles.items()}

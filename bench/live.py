@@ -10,7 +10,7 @@
   answer note's lateness against the jam's own MIDI clock pulse of its planned beat.
 
 All times are seconds of ``improv.live.clock.now``, which is system-wide on Linux, so
-stamps taken in two processes compare. Loaded by improv.commands.bench from this folder.
+stamps taken in two processes compare. Part of the bench package (bench/common.py runs it).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ stepped in, so the token counts are those of real music whatever the weights.
 
 Notes come from the token corpus (``improv data``) when it is there, else from a
 synthetic melody through the same StreamEncoder, and the source is reported.
-Loaded by improv.commands.bench from this folder; it never imports torch.
+Part of the bench package (bench/common.py runs it); it never imports torch.
 """
 
 from __future__ import annotations

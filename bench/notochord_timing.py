@@ -1,4 +1,4 @@
-"""Notochord's feed and query per event, run by improv.commands.bench inside Notochord's own venv.
+"""Notochord's feed and query per event, run by bench.common inside Notochord's own venv.
 
 Reads events as JSON on stdin ([instrument, pitch, delta seconds, velocity] each) and the
 number of warm-up events as argv[1]; prints one JSON line. It never runs in improv's env.

@@ -1,10 +1,10 @@
 """How each benchmark of ``improv bench`` runs and what of it goes into the result.
 
-``Suite`` has one method per benchmark name of ``improv.commands.bench.BENCHMARKS``; each
+``Suite`` has one method per benchmark name of ``bench.common.BENCHMARKS``; each
 returns that benchmark's part of the result (``configs`` of latency distributions
 plus whatever else it found) and keeps raw samples in ``samples`` for the plots.
 Quick runs (``--quick``) take fewer samples of everything. Loaded by
-improv.commands.bench from this folder.
+bench.common.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from improv.commands.bench import (
+from bench.common import (
     BAR_HANDOVER_MS,
     BAR_LATE_MS,
     BAR_RATIO,

@@ -13,7 +13,7 @@ whatever the player holds).
 The player listens through :class:`Listener` (rtmidi's queue, no Python in JACK's
 thread) and checks its output with a probe note first; a jam that does not hear it is
 replaced (counted in ``jam_restarts``). All times are seconds of ``improv.live.clock.now``
-(system-wide on Linux). Loaded by improv.commands.bench from this folder.
+(system-wide on Linux). Part of the bench package (bench/common.py runs it).
 
 With ``predicted=True`` the same calls go to a jam with ``call_bars=0``, the default
 hand-over: the session must judge from the phrase itself that it ends on that line
@@ -36,7 +36,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from improv.commands.bench import load_bench
+from bench.common import load_bench
 from improv.live.clock import now
 from improv.live.handover import LINE_SLACK
 from improv.live.ports import get_backend, input_names, match_port

@@ -23,7 +23,7 @@ def heard(port_part: str):
     """The jam's output as it arrives, with no Python in JACK's thread: the trading bench's
     Listener (rtmidi's queue polled from a thread; a mido callback in JACK's real-time
     thread heard a note-on twice on a busy machine)."""
-    from improv.commands.bench import load_bench
+    from bench.common import load_bench
 
     return load_bench("trading").Listener(port_part, client="e2e-heard")
 

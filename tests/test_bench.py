@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from improv.commands import bench as bm
+from bench import common as bm
 from improv.core import tokens as tk
 
 # --- summaries and the schema ----------------------------------------------------------------

@@ -5,6 +5,8 @@ away, no jam at all, and a UI process that dies or hangs while the set plays on.
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
 import pty
 import shutil
@@ -180,3 +182,37 @@ def test_the_set_ending_says_bye_to_the_ui(runtime, monkeypatch):
     t = time.monotonic()
     assert jam_ui.run_with_ui(FakeSession(), server, None, 1.0, threading.Event()) is None
     assert time.monotonic() - t < jam_ui.BYE_WAIT  # it went by itself, it was not killed
+
+
+def test_while_the_ui_runs_nothing_of_the_jam_reaches_the_terminal(runtime, monkeypatch, capfd,
+                                                                   tmp_path):
+    # the UI: collects the log lines the jam sends until its bye, and writes them down
+    code = ("import json, socket, sys; s = socket.socket(socket.AF_UNIX); "
+            "s.connect(sys.argv[2].partition(':')[2]); data = b''\n"
+            "while b'bye' not in data:\n    data += s.recv(65536)\n"
+            "lines = [json.loads(x) for x in data.splitlines()]\n"
+            "open(sys.argv[1], 'w').write(json.dumps([m['log'] for m in lines if 'log' in m]))")
+    got = tmp_path / "log.json"
+    monkeypatch.setattr(jam_ui, "ui_command", lambda server, backend: [
+        sys.executable, "-c", code, str(got), server.address.text])
+    server = ApiServer(FakeSession(), rate_hz=50).start()
+    handler = logging.StreamHandler(sys.stderr)  # what jam's logging.basicConfig does
+    logging.getLogger().addHandler(handler)
+
+    def write_while_it_runs():
+        wait_for(lambda: server.client_pids(), 20, "the UI attached")
+        os.write(2, b"a C library on fd 2\n")
+        print("a stray print", flush=True)
+        logging.getLogger("improv.x").warning("careful")
+
+    writer = threading.Thread(target=write_while_it_runs)
+    writer.start()
+    try:
+        assert jam_ui.run_with_ui(FakeSession(), server, None, 2.0, threading.Event()) is None
+    finally:
+        writer.join()
+        logging.getLogger().removeHandler(handler)
+    out, err = capfd.readouterr()
+    assert "stray" not in out + err and "fd 2" not in out + err and "careful" not in out + err
+    lines = [line for batch in json.loads(got.read_text()) for line in batch]
+    assert {"a C library on fd 2", "a stray print", "warning: careful"} <= set(lines)

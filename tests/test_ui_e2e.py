@@ -158,11 +158,13 @@ def test_killing_the_ui_mid_answer_costs_no_note_and_no_timing(jack_backend, tin
     answer = [(t, m) for t, m in notes if t >= ons[0][0] - 0.001]
     before = grid_errors([e for e in answer if e[0] <= killed], pulses)
     later = grid_errors([e for e in answer if e[0] > killed], pulses)
-    print(f"grid error before the kill: max {max(before) * 1e3:.2f} ms over {len(before)}; "
+    print(f"grid error before the kill: median {statistics.median(before) * 1e3:.2f} ms, "
+          f"max {max(before) * 1e3:.2f} ms over {len(before)}; "
           f"after: median {statistics.median(later) * 1e3:.2f} ms, max {max(later) * 1e3:.2f} ms "
           f"over {len(later)}")
     assert max(later) < 0.5 * TICK_S, f"late notes after the kill: {sorted(later)[-5:]}"
-    assert statistics.median(later) < 0.002
+    # and as close as before it (a stalled session would put whole pulses between them)
+    assert statistics.median(later) <= statistics.median(before) + 0.003
     # To its end: the session finished the answer by itself (its state moved on before the
     # jam was stopped), and the notes stayed within the answer's two bars
     bars = 2 * 4 * 60.0 / BPM

@@ -19,7 +19,7 @@ import time
 import mido
 from jack_player import _bytes, heard  # same folder: run as a script, the folder is on the path
 
-KILL_AFTER = 0.5  # seconds into the answer
+KILL_AFTER = 1.0  # seconds into the answer (of 4 s): notes before and after to compare
 QUIET = 2.5  # seconds without a note event: the answer is over
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -47,13 +48,17 @@ def ui_command(server: ApiServer, backend: str | None) -> list[str]:
 
 
 class TerminalHold(logging.Handler):
-    """While the UI owns the terminal: the logging handlers that write there are taken off,
-    and warnings and errors go to the UI's log pane instead (through the server)."""
+    """While the UI owns the terminal, nothing of the jam's process may write there: logging
+    handlers that write to it are taken off (warnings and errors go to the UI's log pane,
+    through the server), and after ``redirect()`` whatever still writes to file descriptors 1
+    and 2 (a print, a C library: JACK, rtmidi) goes to the UI's log pane too, line by line."""
 
     def __init__(self, server: ApiServer) -> None:
         super().__init__(logging.WARNING)
         self.server = server
         self.held: list[logging.Handler] = []
+        self.saved_fds: list[tuple[int, int]] = []
+        self.saved_streams: tuple | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
@@ -68,7 +73,46 @@ class TerminalHold(logging.Handler):
         root.addHandler(self)
         return self
 
+    def redirect(self) -> None:
+        """Fds 1 and 2 into a pipe read by a thread (call it once the UI has the terminal)."""
+        if os.name == "nt":
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        r, w = os.pipe()
+        for fd in (1, 2):
+            self.saved_fds.append((fd, os.dup(fd)))
+            os.dup2(w, fd)
+        # Python's own streams too, whatever they were replaced by (they may not write to 1, 2)
+        self.saved_streams = (sys.stdout, sys.stderr)
+        sys.stdout = sys.stderr = open(w, "w", buffering=1, errors="replace")  # noqa: SIM115
+        threading.Thread(target=self._forward, args=(r,), name="improv-stdio", daemon=True).start()
+
+    def _forward(self, r: int) -> None:
+        buf = b""
+        with contextlib.suppress(OSError):
+            while data := os.read(r, 65536):
+                *lines, buf = (buf + data).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self.server.say(line.decode(errors="replace").rstrip())
+        os.close(r)
+
     def __exit__(self, *_) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        if self.saved_streams is not None:
+            ours = sys.stdout
+            sys.stdout, sys.stderr = self.saved_streams
+            self.saved_streams = None
+            with contextlib.suppress(Exception):
+                ours.close()
+        for fd, saved in self.saved_fds:
+            os.dup2(saved, fd)
+            os.close(saved)
+        self.saved_fds = []
         root = logging.getLogger()
         root.removeHandler(self)
         for h in self.held:
@@ -106,8 +150,9 @@ def run_with_ui(session, server: ApiServer, backend: str | None, seconds: float 
     t_end = None if seconds is None else time.monotonic() + seconds
     saved = _save_terminal()
     lost = None
-    with TerminalHold(server):
-        child = subprocess.Popen(ui_command(server, backend))
+    with TerminalHold(server) as hold:
+        child = subprocess.Popen(ui_command(server, backend))  # the terminal is the UI's now
+        hold.redirect()
         try:
             while True:
                 rc = child.poll()
@@ -134,8 +179,8 @@ def run_with_ui(session, server: ApiServer, backend: str | None, seconds: float 
                     child.kill()
                     child.wait()
                     lost = lost or "did not go"
-            if child.returncode != 0:
-                _restore_terminal(saved)
+    if child.returncode != 0:
+        _restore_terminal(saved)
     if lost is not None and session.running and not stop.is_set():
         print(f"improv: the stage UI {lost}; the set plays on without it "
               f"(Ctrl-C ends it; 'improv ui' attaches a new UI)", file=sys.stderr, flush=True)

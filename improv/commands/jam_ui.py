@@ -150,37 +150,45 @@ def run_with_ui(session, server: ApiServer, backend: str | None, seconds: float 
     t_end = None if seconds is None else time.monotonic() + seconds
     saved = _save_terminal()
     lost = None
-    with TerminalHold(server) as hold:
-        child = subprocess.Popen(ui_command(server, backend))  # the terminal is the UI's now
-        hold.redirect()
-        try:
-            while True:
-                rc = child.poll()
-                if rc is not None:
-                    if rc != 0:
-                        lost = (f"was killed ({signal.Signals(-rc).name})" if rc < 0
-                                else f"failed (exit status {rc})")
-                    break
-                if stop.is_set() or not session.running or (
-                        t_end is not None and time.monotonic() >= t_end):
-                    break
-                if any(pid == child.pid for pid, _ in list(server.dropped)):
-                    lost = "stopped answering and was ended"
-                    child.kill()
-                    child.wait()
-                    break
-                stop.wait(0.05)
-        finally:
-            if child.poll() is None:  # the set is over: say bye, and it goes by itself
-                server.close()
-                try:
-                    child.wait(BYE_WAIT)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-                    lost = lost or "did not go"
-    if child.returncode != 0:
-        _restore_terminal(saved)
+    child = None
+    try:
+        with TerminalHold(server) as hold:
+            try:
+                child = subprocess.Popen(ui_command(server, backend))  # the terminal is its now
+            except OSError as e:
+                print(f"improv: could not start the stage UI ({e}); playing headless",
+                      file=sys.stderr)
+                return "could not start"
+            hold.redirect()
+            try:
+                while True:
+                    rc = child.poll()
+                    if rc is not None:
+                        if rc != 0:
+                            lost = (f"was killed ({signal.Signals(-rc).name})" if rc < 0
+                                    else f"failed (exit status {rc})")
+                        break
+                    if stop.is_set() or not session.running or (
+                            t_end is not None and time.monotonic() >= t_end):
+                        break
+                    if any(pid == child.pid for pid, _ in list(server.dropped)):
+                        lost = "stopped answering and was ended"
+                        child.kill()
+                        child.wait()
+                        break
+                    stop.wait(0.05)
+            finally:
+                if child.poll() is None:  # the set is over: say bye, and it goes by itself
+                    server.close()
+                    try:
+                        child.wait(BYE_WAIT)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
+                        child.wait()
+                        lost = lost or "did not go"
+    finally:  # also on Ctrl-C: a UI that died in raw mode must not leave the terminal so
+        if child is not None and child.returncode != 0:
+            _restore_terminal(saved)
     if lost is not None and session.running and not stop.is_set():
         print(f"improv: the stage UI {lost}; the set plays on without it "
               f"(Ctrl-C ends it; 'improv ui' attaches a new UI)", file=sys.stderr, flush=True)

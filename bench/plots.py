@@ -4,7 +4,7 @@
 per measured distribution), ``STEM-context.png`` (decode step against the
 position in the context: ORT and torch with the KV cache, torch recomputing the
 window) and, when a GPU ran, ``STEM-cpu-gpu.png``; it returns the file names.
-Without matplotlib it writes nothing and says so. Part of the bench package (bench/common.py runs it).
+Without matplotlib it writes nothing and says so. Part of the bench package.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("improv.commands.demo", "the whole loop with no hardware: a call in, a response out"),
     "jam": ("improv.commands.jam", "play live: call and response with your keyboard"),
+    "ui": ("improv.commands.ui", "attach the stage UI to a running jam (another terminal, SSH)"),
     "ports": ("improv.live.ports", "list MIDI inputs and outputs"),
     "presets": ("improv.core.presets", "list style presets"),
     "recover": ("improv.live.recording", "turn a partial session recording into a playable .mid"),

@@ -220,6 +220,26 @@ async def test_quit_sends_stop_then_exits():
     assert app.return_code == 0
 
 
+@sync
+async def test_quit_in_an_attached_ui_only_detaches():
+    app = ImprovApp(FakeSession(), quit_ends_set=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.session.sent == []
+    assert app.return_code == 0
+
+
+@sync
+async def test_the_app_exits_saying_why_when_the_jam_is_gone():
+    fake = FakeSession()
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        fake.gone, fake.ended = "the jam went away", False  # what a RemoteSession says
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 1 and fake.sent == []
+
+
 def options(screen, role: str) -> list[str]:
     view = screen.query_one(f"#ports-{role}", OptionList)
     return [Text.from_markup(o.prompt).plain if isinstance(o.prompt, str) else o.prompt.plain

@@ -20,6 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from improv.commands.jam_ui import (
+    headless_seconds,
+    run_with_ui,
+    start_api_server,
+    terminal_ok,
+)
 from improv.core import knobs
 from improv.core.presets import PresetError, PresetLibrary, apply_overrides, parse_overrides
 from improv.live.clock import Clock, ClockSender, MidiClockFollower
@@ -176,9 +182,11 @@ def _save_quietly(save, bindings) -> None:
 # --- headless -----------------------------------------------------------------------------------
 
 
-def run_headless(rig: Rig, seconds: float | None, stop: threading.Event) -> None:
-    """Plain lines: state changes as they happen, latency every few seconds."""
+def run_headless(rig: Rig, seconds: float | None, stop: threading.Event, log=None) -> None:
+    """Plain lines: state changes as they happen, latency every few seconds. ``log``: where
+    the session's lines come from (the API server's tap when it drains the session)."""
     session = rig.session
+    drain = session.drain_log if log is None else log.drain
     last_state = None
     last_report = time.monotonic()
     t_end = None if seconds is None else time.monotonic() + seconds
@@ -186,7 +194,7 @@ def run_headless(rig: Rig, seconds: float | None, stop: threading.Event) -> None
         if t_end is not None and time.monotonic() >= t_end:
             break
         snap = session.snapshot()
-        for line in session.drain_log():
+        for line in drain():
             print(f"[{snap.beat:8.2f}] {line}", flush=True)
         if snap.state != last_state:
             print(f"[{snap.beat:8.2f}] state: {snap.state.value}", flush=True)
@@ -233,7 +241,10 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--clock", choices=("internal", "midi"), default="internal",
                     help="internal tempo, or follow incoming MIDI beat clock")
     ap.add_argument("--clock-out", action="store_true", help="send MIDI clock as master")
-    ap.add_argument("--no-tui", action="store_true", help="plain text instead of the stage UI")
+    ap.add_argument("--no-tui", action="store_true", help="plain text instead of the stage UI "
+                    "('improv ui' can still attach one)")
+    ap.add_argument("--socket", default=None, metavar="PATH",
+                    help="the API socket for 'improv ui' (default: in the runtime folder)")
     add_rig_arguments(ap)
     knobs.add_flags(ap, KNOB_FLAGS)
     return ap
@@ -276,7 +287,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from improv.live.ports import PortError, PortWatcher
     from improv.live.recording import RecordingError
 
-    rig = None
+    rig = server = None
     stop = threading.Event()
     try:
         inp, out = open_ports(args)
@@ -297,32 +308,32 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             sender = ClockSender(rig.clock, out.send).open()
             sender.start()  # a slave's beat 1 lands on our next bar line
             rig.closers.append(sender)
-        app = None
 
         def on_signal(*_) -> None:  # SIGTERM, or SIGHUP when an SSH link drops mid-set
             stop.set()
-            if app is not None:
-                app.exit()
 
         signal.signal(signal.SIGTERM, on_signal)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, on_signal)
         rig.session.start()
-        if args.no_tui:
-            run_headless(rig, args.seconds, stop)
-        else:
-            from improv.stage.tui import ImprovApp
-
-            app = ImprovApp(rig.session, presets=rig.session.presets)
-            if args.seconds:
-                threading.Timer(args.seconds, lambda: app.call_from_thread(app.exit)).start()
-            app.run()
+        server = start_api_server(rig.session, args.socket)  # `improv ui` attaches here
+        started = time.monotonic()
+        ui = not args.no_tui and server is not None
+        if ui and not terminal_ok():
+            print("improv: no terminal for the stage UI; playing headless", file=sys.stderr)
+            ui = False
+        # the UI in its own process; without one, or once it is lost, the set plays on headless
+        if not ui or run_with_ui(rig.session, server, args.backend, args.seconds, stop):
+            run_headless(rig, headless_seconds(args.seconds, started), stop,
+                         None if server is None else server.tap())
     except KeyboardInterrupt:
         pass
     except (JamError, PortError, PresetError, RecordingError, ValueError) as e:
         print(f"improv jam: {e}", file=sys.stderr)
         return 2
     finally:
+        if server is not None:
+            server.close()
         if rig is not None:
             rig.close()
             if rig.recorder is not None:

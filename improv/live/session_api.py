@@ -10,8 +10,10 @@ shared between threads but a reference swap and a queue.
 from __future__ import annotations
 
 import enum
+import json
+import math
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Protocol
 
 from improv.core import knobs as knob_registry
@@ -172,3 +174,124 @@ class SessionLike(Protocol):
     def send(self, intent: Intent) -> None: ...
 
     def drain_log(self) -> list[str]: ...
+
+
+# --- the wire: snapshots and intents as JSON lines ------------------------------------------------
+#
+# Between processes (the UI in its own, see api_server and stage.remote) these values travel as
+# one JSON object per line, UTF-8. Plain data only: nothing received is ever executed or
+# unpickled, and an intent is checked field by field before it reaches a session, so a buggy
+# or hostile client can send nothing the session's own UI could not.
+
+INTENTS: tuple[type, ...] = (SetKnob, NudgeKnob, SelectPreset, SetMode, SetKey, TapTempo, Learn,
+                             SelectPort, Panic, Stop)
+_INTENT_BY_NAME = {cls.__name__: cls for cls in INTENTS}
+
+# the accepted JSON types of each intent field, by its annotation (bool is no number here)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "float": (float, int), "int": (int,), "bool": (bool,),
+    "int | str": (int, str), "str | None": (str, type(None)),
+}
+
+
+class WireError(ValueError):
+    """A line that is not a valid message; the receiver drops it (and may drop the sender)."""
+
+
+def intent_to_dict(intent: Intent) -> dict:
+    """``SetKnob("temperature", 0.8)`` -> ``{"kind": "SetKnob", "name": "temperature", ...}``."""
+    if type(intent) not in INTENTS:
+        raise WireError(f"not a wire intent: {intent!r}")
+    out = {"kind": type(intent).__name__}
+    out.update((f.name, getattr(intent, f.name)) for f in fields(intent))
+    return out
+
+
+def intent_from_dict(data: dict) -> Intent:
+    """The intent a dict describes, its fields type-checked; WireError if it is not one."""
+    if not isinstance(data, dict):
+        raise WireError("an intent is a JSON object")
+    cls = _INTENT_BY_NAME.get(data.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        raise WireError(f"unknown intent kind {data.get('kind')!r}")
+    values = {}
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is MISSING:
+                raise WireError(f"{cls.__name__} needs {f.name!r}")
+            continue
+        value = data[f.name]
+        accepted = _FIELD_TYPES[str(f.type)]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise WireError(f"{cls.__name__}.{f.name} cannot be {value!r}")
+        if float in accepted:
+            value = float(value)
+            if not math.isfinite(value):
+                raise WireError(f"{cls.__name__}.{f.name} must be finite")
+        values[f.name] = value
+    return cls(**values)
+
+
+def snapshot_to_dict(snap: Snapshot) -> dict:
+    """A snapshot as plain JSON-ready data (tuples become lists, the state its value)."""
+    out = {f.name: getattr(snap, f.name) for f in fields(snap)}
+    out["state"] = snap.state.value
+    out["meter"] = list(snap.meter)
+    out["presets"] = list(snap.presets)
+    out["ports"] = [asdict(p) for p in snap.ports]
+    out["latency"] = {k: _finite(v) for k, v in asdict(snap.latency).items()}
+    # notes as [who, pitch, start, end]: 128 of them at 20 Hz, keys spelled once are enough
+    out["notes"] = [[n.who, n.pitch, n.start, n.end] for n in snap.notes]
+    out["knobs"] = {k: _finite(v) for k, v in snap.knobs.items()}
+    out["bindings"] = dict(snap.bindings)
+    return out
+
+
+def _finite(x):
+    """NaN and infinities are not JSON: a figure not known yet travels as null."""
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def snapshot_from_dict(data: dict) -> Snapshot:
+    """The snapshot a dict describes; fields it does not know are ignored (a newer sender)."""
+    if not isinstance(data, dict):
+        raise WireError("a snapshot is a JSON object")
+    known = {f.name for f in fields(Snapshot)}
+    values = {k: v for k, v in data.items() if k in known}
+    try:
+        if "state" in values:
+            values["state"] = State(values["state"])
+        if "meter" in values:
+            num, den = values["meter"]
+            values["meter"] = (int(num), int(den))
+        if "presets" in values:
+            values["presets"] = tuple(str(p) for p in values["presets"])
+        if "ports" in values:
+            values["ports"] = tuple(PortView(**p) for p in values["ports"])
+        if "latency" in values:
+            values["latency"] = Latency(**values["latency"])
+        if "notes" in values:
+            values["notes"] = tuple(NoteView(who, pitch, start, end)
+                                    for who, pitch, start, end in values["notes"])
+        for name in ("knobs", "bindings"):
+            if name in values and not isinstance(values[name], dict):
+                raise WireError(f"snapshot.{name} must be an object")
+    except (TypeError, ValueError) as e:
+        raise WireError(f"bad snapshot: {e}") from None
+    return Snapshot(**values)
+
+
+def encode_line(message: dict) -> bytes:
+    """One message, one line: compact JSON, UTF-8, ending in a newline (never inside it)."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def decode_line(line: bytes | str) -> dict:
+    """The JSON object on one line; WireError if it is not one."""
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WireError(f"not JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise WireError("a message is a JSON object")
+    return message

@@ -10,7 +10,8 @@ While the app runs it owns the terminal, so logging handlers that write to it ar
 ``TerminalLogs``): a line printed there would land on top of the panels.
 
 Panels live in ``tui_widgets`` and ``tui_roll``; colours and layout in ``tui.tcss``.
-``python -m improv.stage.tui --demo`` runs the app over a simulated session (``tui_demo``).
+``python -m improv.stage.tui --demo`` runs the app over a simulated session (``tui_demo``);
+``improv ui`` runs it over a jam in another process (``stage.remote``).
 """
 
 from __future__ import annotations
@@ -171,9 +172,13 @@ class ImprovApp(App):
         presets: PresetLibrary | Sequence[str] | None = None,
         list_ports: Callable[[], tuple[list[str], list[str]]] = mido_ports,
         poll_hz: float = POLL_HZ,
+        quit_ends_set: bool = True,
     ):
         super().__init__()
         self.session = session
+        # q ends the set when this app belongs to the jam (in-process, or the UI `improv jam`
+        # started); an app attached with `improv ui` only detaches, and the jam plays on
+        self.quit_ends_set = quit_ends_set
         if isinstance(presets, PresetLibrary):
             presets = presets.names()
         self.preset_names: tuple[str, ...] = tuple(presets or ())
@@ -222,6 +227,10 @@ class ImprovApp(App):
             self.snapshot = snap
         for line in lines + self.terminal_logs.drain():
             self.log_line(line)
+        gone = getattr(self.session, "gone", None)  # a RemoteSession whose jam went away
+        if gone is not None:
+            self.exit(return_code=0 if getattr(self.session, "ended", False) else 1,
+                      message=f"improv: {gone}")
 
     def log_line(self, line: str) -> None:
         self.query_one(LogPane).write(Text(line))
@@ -291,7 +300,8 @@ class ImprovApp(App):
         self.send(Panic())
 
     async def action_quit(self) -> None:
-        self.send(Stop())
+        if self.quit_ends_set:
+            self.send(Stop())
         self.exit()
 
 

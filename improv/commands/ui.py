@@ -1,0 +1,63 @@
+"""`improv ui`: the stage UI attached to a running jam, from a second terminal or an SSH session.
+
+It finds the jam through the address file the jam's API server writes (``--socket`` names a
+socket instead), and runs the Textual app over a ``RemoteSession``. The jam does not depend on
+it: quitting (q) detaches and the jam plays on; a UI killed or hung costs the jam nothing.
+``improv jam`` runs this same command as its own UI (``--owner``: there q ends the set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from improv.live.api_server import Address, find_jam, runtime_dir
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog or "improv ui", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--socket", default=None, metavar="PATH",
+                    help="the jam's API socket (default: the newest running jam's)")
+    ap.add_argument("--backend", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
+                    help="MIDI API the ports screen lists (default: the platform's)")
+    # the UI that `improv jam` starts for itself: q ends the set there
+    ap.add_argument("--owner", action="store_true", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parser(prog).parse_args(argv)
+    me = prog or "improv ui"
+    if args.socket:
+        address = Address.from_socket_path(args.socket)
+    else:
+        address = find_jam()
+        if address is None:
+            print(f"{me}: no jam is running (none has an address in {runtime_dir()}); "
+                  "start one with 'improv jam'", file=sys.stderr)
+            return 2
+    if args.backend:
+        from improv.live.ports import BACKENDS, RTMIDI
+
+        os.environ["MIDO_BACKEND"] = f"{RTMIDI}/{BACKENDS[args.backend]}"
+    from improv.stage.remote import JamGone, RemoteSession
+
+    try:
+        remote = RemoteSession(address)
+    except JamGone as e:
+        print(f"{me}: {e}; is the jam still running?", file=sys.stderr)
+        return 2
+    remote.wait_first(3.0)  # the first frame shows the jam, not defaults
+    from improv.stage.tui import ImprovApp
+
+    app = ImprovApp(remote, presets=remote.snapshot().presets, quit_ends_set=args.owner)
+    try:
+        app.run()
+    finally:
+        remote.close()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

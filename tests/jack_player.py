@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import mido
 
@@ -23,9 +24,10 @@ def heard(port_part: str):
     """The jam's output as it arrives, with no Python in JACK's thread: the trading bench's
     Listener (rtmidi's queue polled from a thread; a mido callback in JACK's real-time
     thread heard a note-on twice on a busy machine)."""
-    from bench.common import load_bench
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's bench/
+    from bench.trading import Listener
 
-    return load_bench("trading").Listener(port_part, client="e2e-heard")
+    return Listener(port_part, client="e2e-heard")
 
 
 def _bytes(inp) -> list[tuple[float, list[int]]]:

@@ -193,12 +193,16 @@ def test_rewind_forgets_the_tail(tiny):
     np.testing.assert_allclose(logits, reference(e.context_tokens)[-1], atol=TOL)
 
 
-def test_sample_draws_observes_and_steps(tiny):
+def test_sampled_stream_keeps_the_grammar_through_the_rolling_window(tiny):
     d, _ = tiny
     e = Engine(d, provider="cpu", background=False, style="folk")
     s = Sampler(Constraints(max_note_ticks=48), seed=0)
     s.observe(tk.style_token(3))
-    out = [e.sample(s) for _ in range(3 * C)]
+    out = []
+    for _ in range(3 * C):
+        out.append(s.sample(e.logits))
+        s.observe(out[-1])
+        e.step(out[-1])
     assert out[0] == tk.BAR  # the sampler's grammar, on the model's logits
     assert s.tick == sum(tk.shift_ticks(t) for t in out if tk.is_time_shift(t))
     assert e.context_tokens[-5:] == out[-5:]

@@ -5,6 +5,7 @@ import json
 import mido
 import pytest
 
+from improv.core import knobs as registry
 from improv.core.presets import user_preset_dir
 from improv.live import midi_learn as controls
 from improv.live.midi_learn import (
@@ -19,12 +20,12 @@ from improv.live.midi_learn import (
     save_bindings,
     value_to_cc,
 )
-from improv.live.session_api import KNOBS
 
 
-@pytest.mark.parametrize("knob", list(KNOBS))
+@pytest.mark.parametrize("knob", registry.LIVE)
 def test_cc_scaling_covers_the_range_in_steps(knob):
-    lo, hi, step = KNOBS[knob]
+    k = registry.FIELDS[knob]
+    lo, hi, step = k.lo, k.hi, k.step
     values = [cc_to_value(knob, v) for v in range(128)]
     assert values[0] == pytest.approx(lo)
     assert values[127] == pytest.approx(hi)

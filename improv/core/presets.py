@@ -110,6 +110,11 @@ class Preset:
     channel: int = _D["channel"]
     program: int | None = _D["program"]
 
+    @property
+    def midi_channel(self) -> int:
+        """``channel`` as MIDI messages carry it (0-15); presets and users count 1-16."""
+        return int(self.channel) - 1
+
     def shape_velocity(self, velocity: int) -> int:
         """Map a model velocity through scale, offset and curve to 1..127."""
         v = min(127.0, max(1.0, velocity * self.velocity_scale + self.velocity_offset))

@@ -38,8 +38,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from improv.core.knobs import LIVE as LIVE_KNOBS
 from improv.live.session_api import (
-    KNOBS,
     NudgeKnob,
     SessionLike,
     SetKnob,
@@ -431,7 +431,7 @@ class ApiServer:
                     self._drop(client, "no token")
                     return
                 intent = intent_from_dict(message["intent"])
-                if isinstance(intent, SetKnob | NudgeKnob) and intent.name not in KNOBS:
+                if isinstance(intent, SetKnob | NudgeKnob) and intent.name not in LIVE_KNOBS:
                     raise WireError(f"no knob {intent.name!r}")
                 self.session.send(intent)
         except WireError as e:

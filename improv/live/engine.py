@@ -376,13 +376,6 @@ class Engine:
         self._pos = len(self._window)
         self.logits = None
 
-    def sample(self, sampler) -> int:
-        """Draw a token from the current logits, let the sampler observe it, step it in."""
-        tok = sampler.sample(self.logits)
-        sampler.observe(tok)
-        self.step(tok)
-        return tok
-
     @property
     def stats(self) -> EngineStats:
         n = min(self._n_steps, self._times.shape[0])

@@ -39,7 +39,7 @@ class Router:
             s.hear(msg.note, msg.velocity if kind == "note_on" else 0, tick)
             s.ingest_ms.append((s.clock.time_fn() - t) * 1000.0)  # note in -> tokens fed
             if s.options.thru:
-                s.scheduler.schedule(msg.copy(channel=s.preset.channel - 1), None, tag="thru")
+                s.scheduler.schedule(msg.copy(channel=s.preset.midi_channel), None, tag="thru")
         elif kind == "control_change":
             self._cc(msg.control, msg.value, msg.channel)
         elif kind == "program_change" and (channel is None or control):

@@ -222,9 +222,13 @@ class Session:
             item = self.inbox.get_nowait()
         while True:
             try:
-                self._on_intent(self._intents.get_nowait())
+                intent = self._intents.get_nowait()
             except queue.Empty:
                 break
+            try:
+                self._on_intent(intent)
+            except (KeyError, ValueError, TypeError) as e:  # a bad intent costs one line
+                self.say(f"ignored {type(intent).__name__}: {e}")
         if hasattr(self.scheduler, "heartbeat"):
             self.scheduler.heartbeat()
         self._check_call_end()
@@ -371,7 +375,7 @@ class Session:
     def send_program(self) -> None:
         if self.preset.program is not None:
             self.scheduler.schedule(mido.Message(
-                "program_change", channel=self.preset.channel - 1, program=self.preset.program),
+                "program_change", channel=self.preset.midi_channel, program=self.preset.program),
                 None, tag=PROGRAM)
 
     # --- helpers ------------------------------------------------------------------------------

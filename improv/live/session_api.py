@@ -16,8 +16,6 @@ from collections import deque
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Protocol
 
-from improv.core import knobs as knob_registry
-
 
 class State(str, enum.Enum):
     IDLE = "idle"
@@ -75,15 +73,6 @@ class Latency:
     tokens_per_s: float | None = None
     late: int = 0
     dropped: int = 0
-
-
-# The knobs a player can turn: name -> (low, high, step), in stage order. A view of the knob
-# registry (improv.core.knobs, which holds labels, defaults and validation too), kept under this
-# name until Session reads the registry itself.
-KNOBS: dict[str, tuple[float, float, float]] = {
-    name: (float(k.lo), float(k.hi), float(k.step))
-    for name, k in ((n, knob_registry.FIELDS[n]) for n in knob_registry.LIVE)
-}
 
 
 @dataclass(frozen=True)

@@ -151,11 +151,11 @@ def build_rig(args: argparse.Namespace, output, inbox=None, ports=(), follower=F
         path.parent.mkdir(parents=True, exist_ok=True)
         recorder = SessionRecorder(path, bpm=bpm, meter=(num, den))
 
-    def on_sent(msg, t):
+    def on_sent(msg, t, tag):
         if recorder is not None and msg.type in ("note_on", "note_off"):
             recorder.add("machine", msg, max(0.0, clock.time_to_tick(t)))
 
-    scheduler = Scheduler(output, latency_ms=getattr(args, "latency_ms", 0.0) or 0.0,
+    scheduler = Scheduler(output, clock, latency_ms=getattr(args, "latency_ms", 0.0) or 0.0,
                           on_sent=on_sent)
     options = SessionOptions(lookahead_beats=args.lookahead, seed=args.seed,
                              thru=getattr(args, "thru", False))

@@ -169,7 +169,7 @@ class PlayerControls:
             return
         self.scheduler.schedule(
             mido.Message("program_change", channel=self._channel(), program=self.preset.program),
-            0.0, tag=PROGRAM)
+            None, tag=PROGRAM)
         self._program_sent = True
 
 

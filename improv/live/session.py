@@ -134,7 +134,7 @@ class Session(PlayerControls):
         self._inbox = inbox if inbox is not None else InputQueue()
         self._intents: queue.Queue = queue.Queue()
         self._log: deque[str] = deque(maxlen=500)
-        self.voice = Voice(scheduler, self._time_of, self.options.seed)
+        self.voice = Voice(scheduler, clock, self.options.seed, offset=lambda: self._offset)
         self.state = State.IDLE
         self.preset = self._resolve(preset) if preset is not None else self.presets.default()
         self._pending_preset: Preset | None = None
@@ -282,7 +282,7 @@ class Session(PlayerControls):
             if self.options.control_channel is None or msg.channel == self.options.control_channel:
                 self._switch_preset(msg.program + 1, now=False)
         if self.options.thru and kind in ("note_on", "note_off"):
-            self.scheduler.schedule(msg.copy(channel=self._channel()), 0.0, tag="thru")
+            self.scheduler.schedule(msg.copy(channel=self._channel()), None, tag="thru")
 
     def _human_note(self, pitch: int, velocity: int, t: float) -> None:
         tick = max(self.clock.nearest_tick(t) + self._offset, 0)

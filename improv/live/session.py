@@ -240,6 +240,7 @@ class Session(PlayerControls):
 
     def _tick_once(self, timeout: float) -> None:
         """One turn of the loop: input, intents, call end, generation, snapshot."""
+        self.scheduler.heartbeat()  # the I/O process's watchdog: the session lives
         item = self._inbox.get(timeout=timeout)
         while item is not None:  # everything already waiting, before the model runs again
             self._on_message(item[1], item[0])

@@ -13,7 +13,10 @@ follower lives in the I/O process, next to the timestamps, and its mappings come
 back here. Messages the I/O process sent come back too (``on_sent(msg, t, tag)``:
 the recording). A heartbeat thread tells the I/O process the session lives, as long
 as the session's loop calls ``heartbeat()`` (a session thread stuck for
-``hang_s`` stops it, and the I/O process's watchdog ends the notes).
+``hang_s`` stops it, and the I/O process's watchdog ends the notes 200 ms later;
+``hang_s=None``: it beats while the link lives). The beat comes from a thread of
+its own because one model step or a long generation burst may hold the session's
+loop for longer than the watchdog's 200 ms without anything being wrong.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class IOLink:
         *,
         on_sent: Callable[[mido.Message, float, Hashable], object] | None = None,
         on_lost: Callable[[], object] | None = None,
-        hang_s: float = 1.0,
+        hang_s: float | None = 1.0,
         start_timeout: float = 30.0,
     ) -> None:
         from improv.live import rtio
@@ -68,7 +71,7 @@ class IOLink:
         self.lost = threading.Event()
         self._replies: dict[str, tuple] = {}
         self._reply = threading.Condition()
-        self._beat = time.monotonic()
+        self._beat: float | None = None  # the session loop's last heartbeat() (None: not yet)
         config = dict(config, mapping=clock.mapping(), meter=(clock.meter.numerator,
                       clock.meter.denominator), bar_origin=clock.bar_origin)
         ctx = mp.get_context("spawn")
@@ -159,7 +162,8 @@ class IOLink:
 
     def _beat_loop(self) -> None:
         while not self._closed and not self.lost.is_set():
-            if time.monotonic() - self._beat < self.hang_s:
+            beat = self._beat  # before the session's loop runs (model loading), beat anyway
+            if self.hang_s is None or beat is None or time.monotonic() - beat < self.hang_s:
                 self._send(("h",))
             time.sleep(HEARTBEAT_EVERY)
 

@@ -64,3 +64,21 @@ def test_panic_ends_every_note_then_cc_123_per_channel_used():
     assert [m.type for m in msgs] == ["note_off"] * 2 + ["control_change"] * 3
     assert [m.channel for m in msgs[2:]] == [0, 2, 5]
     assert all(m.control == 123 for m in msgs[2:]) and b.pending() == 0
+
+
+def test_the_live_scheduler_and_the_simulator_keep_the_same_book():
+    """The soak (SimScheduler) and the live thread drive one Book class, not a copy."""
+    from improv.live.clock import Clock
+    from improv.live.scheduler import Scheduler
+    from improv.live.simulate import SimScheduler
+
+    class Null:
+        def send(self, msg):
+            pass
+
+    clock = Clock(120.0)
+    live = Scheduler(Null(), clock)
+    try:
+        assert type(live.book) is Book and type(SimScheduler(clock).book) is Book
+    finally:
+        live.stop()

@@ -150,3 +150,21 @@ def test_the_watchdog_ends_every_note_when_the_heartbeat_stops(jack_backend):
     offs = {m.note for m in got if m.type == "note_off"}
     assert offs == {50, 53}
     assert not io.process.is_alive() and io.process.exitcode == 3
+
+
+def test_a_port_that_is_not_there_is_refused_and_the_old_one_stays(jack_backend):
+    from improv.live.ports import PortError
+
+    tag = f"rt{os.getpid()}e"
+    io = link(Clock(120.0), tag)
+    ear = None
+    try:
+        with pytest.raises(PortError):
+            io.select_port("out", "no such synth anywhere")
+        ear = listener(tag)  # the virtual port was made again: a new connection
+        io.schedule(mido.Message("note_on", note=66, velocity=90), None)
+        assert wait_for(lambda: any(m.type == "note_on" for _, m in ear.copy()))
+    finally:
+        io.stop()
+        if ear is not None:
+            ear.close()

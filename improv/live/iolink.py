@@ -60,6 +60,7 @@ class IOLink:
 
         self.clock = clock
         self.follow = bool(config.get("follow"))
+        self._latency_ms = float(config.get("latency_ms", 0.0) or 0.0)
         self.on_sent = on_sent
         self.on_lost = on_lost
         self.hang_s = hang_s
@@ -114,11 +115,12 @@ class IOLink:
 
     @property
     def latency_ms(self) -> float:
-        return 0.0
+        return self._latency_ms
 
     @latency_ms.setter
     def latency_ms(self, value: float) -> None:
-        self._send(("l", value))
+        self._latency_ms = float(value)
+        self._send(("l", self._latency_ms))
 
     def stop(self, timeout: float = 3.0) -> None:
         """The I/O process ends every note, closes the ports and exits; safe to call twice."""

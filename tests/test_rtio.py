@@ -168,3 +168,24 @@ def test_a_port_that_is_not_there_is_refused_and_the_old_one_stays(jack_backend)
         io.stop()
         if ear is not None:
             ear.close()
+
+
+def test_a_keyboard_unplugged_and_back_is_reported_to_the_session(jack_backend):
+    tag = f"rt{os.getpid()}f"
+    keyboard = jack_backend.open_output(f"keys {tag}", virtual=True, client_name=f"keys{tag}")
+    events: list[tuple[str, str]] = []
+    io = IOLink(Clock(120.0), dict(backend="jack", inp=f"keys {tag}", out=f"improv out {tag}",
+                                   virtual_in=False, virtual_out=True), hang_s=None)
+    io.on_port = lambda event, name: events.append((event, name))
+    try:
+        keyboard.send(mido.Message("note_on", note=62, velocity=60))
+        item = io.inbox.get(timeout=5.0)
+        assert item is not None and item[1].note == 62
+        keyboard.close()
+        assert wait_for(lambda: [e for e, _ in events] == ["lost"], 5.0)
+        keyboard = jack_backend.open_output(f"keys {tag}", virtual=True,
+                                            client_name=f"keys{tag}")
+        assert wait_for(lambda: [e for e, _ in events] == ["lost", "back"], 5.0)
+    finally:
+        io.stop()
+        keyboard.close()

@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f"improv: listening on '{link.in_name}', playing to '{link.out_name}'",
                   file=sys.stderr)
             rig.session.port_selector = lambda role, name: select_io_port(rig, role, name)
+            link.on_port = lambda event, name: _port_event(rig, event, name)
         else:
             rig = _in_process_rig(args)
         app = None
@@ -383,6 +384,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return 0
 
 
+def _port_event(rig: Rig, event: str, name: str) -> None:
+    """The input port went away ('lost') or came back ('back')."""
+    rig.session.set_port(PortView("in", name, event == "back", False))
+    rig.session._say(f"input {name}: {'unplugged, waiting for it' if event == 'lost' else 'back'}")
+
+
 def _in_process_rig(args: argparse.Namespace) -> Rig:
     """The rig with the ports and the scheduler in this process (--in-process)."""
     from improv.live.ports import PortWatcher
@@ -400,12 +407,8 @@ def _in_process_rig(args: argparse.Namespace) -> Rig:
     rig.closers += [inp, out]
     rig.session.port_selector = lambda role, name: select_port(rig, inp, out, role, name)
     if not inp.virtual:
-        def on_port(event: str, name: str) -> None:
-            rig.session.set_port(PortView("in", name, event == "back", False))
-            rig.session._say(
-                f"input {name}: {'unplugged, waiting for it' if event == 'lost' else 'back'}")
-
-        rig.closers.append(PortWatcher(inp, on_event=on_port).start())
+        rig.closers.append(PortWatcher(
+            inp, on_event=lambda event, name: _port_event(rig, event, name)).start())
     if args.clock_out:
         sender = ClockSender(rig.clock, out.send).open()
         sender.start()  # a slave's beat 1 lands on our next bar line

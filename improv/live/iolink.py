@@ -63,6 +63,7 @@ class IOLink:
         self._latency_ms = float(config.get("latency_ms", 0.0) or 0.0)
         self.on_sent = on_sent
         self.on_lost = on_lost
+        self.on_port: Callable[[str, str], object] | None = None  # input 'lost' / 'back', name
         self.hang_s = hang_s
         self.inbox = InputQueue()
         self._stats = SchedulerStats(0, 0, 0, 0, 0, 0, False, None, None, None)
@@ -192,6 +193,12 @@ class IOLink:
                 with self._reply:
                     self._replies[item[1]] = (item[2], item[3])
                     self._reply.notify_all()
+            elif kind == "w":
+                if self.on_port is not None:
+                    try:
+                        self.on_port(item[1], item[2])
+                    except Exception:
+                        pass
             elif kind == "bye":
                 self._bye.set()
                 break

@@ -29,7 +29,8 @@ mapping (internal tempo), ``("l", ms)`` latency, ``("o", role, name)`` another p
 here -> session: ``("ready", in_name, out_name, in_virtual, out_virtual)`` or
 ``("error", text)`` once; then ``("i", t, bytes)`` input (clock pulses stay here),
 ``("m", tick0, t0, spt)`` the followed clock's mapping, ``("x", t, bytes, tag)`` sent,
-``("S", stats)`` every 250 ms, ``("O", role, ok, text)`` port reply, ``("bye",)``.
+``("S", stats)`` every 250 ms, ``("O", role, ok, text)`` port reply, ``("w", event,
+name)`` the input port lost / back (a :class:`~improv.live.ports.PortWatcher`), ``("bye",)``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _realtime_line(granted: bool) -> str | None:
 
 def serve(conn, config: dict) -> int:
     """The I/O process's main: open, answer the session, watch it; returns the exit code."""
-    from improv.live.ports import MidiInput, MidiOutput, get_backend
+    from improv.live.ports import MidiInput, MidiOutput, PortWatcher, get_backend
     from improv.live.scheduler import Scheduler
 
     # Ctrl-C and a closed terminal reach the whole process group: the session decides
@@ -150,6 +151,10 @@ def serve(conn, config: dict) -> int:
         out.close()
         wire.send(("error", str(e)))
         return 2
+    watcher = None
+    if not inp.virtual:  # a keyboard unplugged mid-set is found again when it returns
+        watcher = PortWatcher(inp, on_event=lambda event, name: wire.send(("w", event, name)))
+        watcher.start()
     sender = None
     if config.get("clock_out"):
         sender = ClockSender(clock, out.send, realtime=config.get("realtime", True)).open()
@@ -185,6 +190,8 @@ def serve(conn, config: dict) -> int:
                   "exiting", file=sys.stderr, flush=True)
         if sender is not None:
             sender.close()
+        if watcher is not None:
+            watcher.stop()
         sched.stop()
         inp.close()
         out.close()  # waits for JACK to take the note-offs

@@ -143,7 +143,7 @@ def ingest(model_dir: Path, seconds: float, bpm: float = 120.0) -> dict:
     from improv.live.session import Session, SessionOptions
 
     clock = Clock(bpm)
-    sched = Scheduler(_NullOutput())
+    sched = Scheduler(_NullOutput(), clock)
     library = PresetLibrary()
     preset = apply_overrides(next(iter(library)), silence_beats=1, response_bars=1,
                              response_start="beat", humanize_ms=0)
@@ -189,20 +189,20 @@ def schedule_grid(seconds: float, loaded: bool, bpm: float = 120.0) -> dict:
     hog = None
     if loaded:  # a busy process of its own: the GIL must not be what we measure
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    sched = Scheduler(out)
+    clock = Clock(bpm)
+    sched = Scheduler(out, clock)
     try:
-        clock = Clock(bpm)
         first = clock.next_beat(clock.now_tick() + 24)
         n = max(2, int(seconds / clock.seconds_per_tick))
         plan = []
         for i in range(n):
             kind = "note_on" if i % 2 == 0 else "note_off"
             msg = mido.Message(kind, note=40 + (i // 2) % 48, velocity=64 if i % 2 == 0 else 0)
-            plan.append((clock.tick_to_time(first + i), msg))
+            plan.append((clock.tick_to_time(first + i), msg, first + i))
         pushed = 0
         while pushed < n:  # half a second ahead, as the session generates ahead
             while pushed < n and plan[pushed][0] < now() + 0.5:
-                sched.schedule(plan[pushed][1], plan[pushed][0])
+                sched.schedule(plan[pushed][1], plan[pushed][2])
                 pushed += 1
             time.sleep(0.05)
         _wait(lambda: sched.pending() == 0, seconds + 5.0, "the scheduler to drain")
@@ -218,7 +218,7 @@ def schedule_grid(seconds: float, loaded: bool, bpm: float = 120.0) -> dict:
         inp.close()
         out.close()
     errors, matched = [], 0
-    for (deadline, sent), (t, msg) in zip(plan, got, strict=False):
+    for (deadline, sent, _), (t, msg) in zip(plan, got, strict=False):
         if msg.type == sent.type and getattr(msg, "note", None) == sent.note:
             errors.append((t - deadline) * 1e3)
             matched += 1

@@ -43,7 +43,7 @@ def soak(model_dir: Path, sessions: int, seed: int = 0) -> dict:
         rng = random.Random(seed * 1_000_003 + i)
         sim = SimTime()
         clock = Clock(rng.choice((72.0, 96.0, 120.0, 144.0, 180.0)), time_fn=sim)
-        sched = SimScheduler(sim)
+        sched = SimScheduler(clock)
         session = Session(engine, clock, sched, library, rng.randint(1, len(library)),
                           options=SessionOptions(seed=i))
         session.start(thread=False)

@@ -5,7 +5,10 @@ time on the monotonic clock, which processes share), stops the jam with SIGTERM 
 writes the record as JSON. In its own process its JACK clients share nothing with the
 test runner (threads, the GIL, torch's pools), as a keyboard and a synth would not.
 
-    python tests/jack_player.py TAG JAM_PID OUT.json
+    python tests/jack_player.py TAG JAM_PID OUT.json [KILL]
+
+With KILL it ends the jam with SIGKILL instead (the session process dies mid-answer; the
+jam's real-time I/O process must end every note on its own).
 """
 
 from __future__ import annotations
@@ -34,7 +37,17 @@ def _bytes(inp) -> list[tuple[float, list[int]]]:
     return [(t, m.bytes()) for t, m in inp.copy()]
 
 
-def main(tag: str, jam_pid: int, out_path: str) -> int:
+def _sounding(got) -> set[int]:
+    keys: set[int] = set()
+    for _, b in got:
+        if b[0] & 0xF0 == 0x90 and b[2] > 0:
+            keys.add(b[1])
+        elif b[0] & 0xF0 in (0x80, 0x90):
+            keys.discard(b[1])
+    return keys
+
+
+def main(tag: str, jam_pid: int, out_path: str, how: str = "TERM") -> int:
     be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
 
     def find(names, part):
@@ -68,8 +81,12 @@ def main(tag: str, jam_pid: int, out_path: str) -> int:
                 break
             time.sleep(0.02)
         time.sleep(1.0)  # let the answer play a while, then stop the jam mid-answer
+        if how == "KILL":  # mid-note: kill while one of the answer's notes sounds
+            deadline = time.monotonic() + 8
+            while not _sounding(_bytes(inp)) and time.monotonic() < deadline:
+                time.sleep(0.005)
         result["stop_sent"] = time.monotonic()
-        os.kill(jam_pid, signal.SIGTERM)
+        os.kill(jam_pid, signal.SIGKILL if how == "KILL" else signal.SIGTERM)
         time.sleep(3.0)  # the test notes when the jam exits; anything later would be a bug
     finally:
         inp.close()
@@ -81,4 +98,4 @@ def main(tag: str, jam_pid: int, out_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
+    sys.exit(main(*sys.argv[1:2], int(sys.argv[2]), *sys.argv[3:5]))

@@ -417,7 +417,7 @@ def test_session_records_note_in_to_tokens_fed(tiny_model_dir):
     sim = SimTime()
     clock = Clock(120.0, time_fn=sim)
     s = Session(Engine(tiny_model_dir, provider="cpu", background=False), clock,
-                SimScheduler(sim))
+                SimScheduler(clock))
     s.start(thread=False)
     s.submit(mido.Message("note_on", note=60, velocity=80), t=sim() - 0.004)
     s.submit(mido.Message("note_off", note=60), t=sim())

@@ -96,3 +96,62 @@ def test_jam_answers_on_the_beat_and_ends_every_note(jack_backend, tiny_model_di
     assert abs(pulses[k] - t_first) < 0.02
     assert (tmp_path / "set.mid").exists()
     assert "state: responding" in output
+
+
+@pytest.mark.jack
+def test_killing_the_session_mid_answer_ends_every_note_within_300_ms(
+        jack_backend, tiny_model_dir, tmp_path):
+    """SIGKILL to `improv jam` (the session process) while the answer sounds: its real-time
+    I/O process sees the pipe close, ends every sounding note and says so."""
+    tag = f"kill{os.getpid()}"
+    cmd = [
+        sys.executable, "-m", "improv", "jam", "--no-tui", "--backend", "jack", "--virtual",
+        "--in", f"improv in {tag}", "--out", f"improv out {tag}", "--model", str(tiny_model_dir),
+        "--bpm", str(BPM), "--seconds", "40", "--seed", "3", "--clock-out", "--no-record",
+        "--set", "silence_beats=1", "--set", "response_bars=4", "--set", "humanize_ms=0",
+        "--set", "response_start=beat", "--set", "density=0.9", "--set", "mode=overlap",
+    ]
+    env = dict(os.environ, JACK_NO_START_SERVER="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    player = None
+    try:
+        wait_for(lambda: any("state:" in x for x in lines) or proc.poll() is not None, 30,
+                 "the jam's first state line")
+        player = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("jack_player.py")), tag,
+             str(proc.pid), str(tmp_path / "heard.json"), "KILL"], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        player_said, _ = player.communicate(timeout=60)
+        proc.wait(timeout=10)
+        reader.join(timeout=10)  # the I/O process holds the pipe until it exits
+    finally:
+        for p in (proc, player):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    output = "".join(lines)
+    assert player.returncode == 0, player_said
+    assert proc.returncode == -9
+    heard = json.loads((tmp_path / "heard.json").read_text())
+    assert heard["answered"], f"no answer came out of the jam:\n{output}"
+    killed = heard["stop_sent"]
+    got = [(t, mido.Message.from_bytes(b)) for t, b in heard["received"]]
+    sounding: dict[int, float] = {}
+    ended_after_kill = []
+    for t, m in got:
+        if m.type == "note_on" and m.velocity > 0:
+            sounding[m.note] = t
+        elif m.type in ("note_on", "note_off") and m.note in sounding:
+            del sounding[m.note]
+            if t >= killed:
+                ended_after_kill.append(t - killed)
+    assert not sounding, f"stuck notes after the kill: {sorted(sounding)}\n{output}"
+    assert ended_after_kill, "no note was sounding when the session died: kill it mid-note"
+    print(f"note-offs {[round(1000 * x, 1) for x in ended_after_kill]} ms after the kill")
+    assert max(ended_after_kill) < 0.3, ended_after_kill
+    assert any(m.type == "control_change" and m.control == 123 for _, m in got)
+    assert "improv io: the session process is gone" in output

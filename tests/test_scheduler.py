@@ -11,8 +11,27 @@ import time
 import mido
 import pytest
 
-from improv.live.clock import now
+from improv.live.clock import Clock, now
 from improv.live.scheduler import Scheduler
+
+
+def make(out, **kw) -> Scheduler:
+    """A scheduler on a clock of its own at 125 BPM (20 ms a tick)."""
+    return Scheduler(out, Clock(125.0), **kw)
+
+
+def at(sched: Scheduler, t: float | None) -> float | None:
+    """The clock tick of time ``t`` (seconds of now()): deadlines are clock ticks."""
+    return None if t is None else sched.clock.time_to_tick(t)
+
+
+def note(sched: Scheduler, pitch: int, velocity: int, on: float, off: float, channel: int = 0,
+         tag=None) -> None:
+    """A note-on at time ``on`` and its note-off at ``off``, one tag."""
+    sched.schedule(mido.Message("note_on", channel=channel, note=pitch, velocity=velocity),
+                   at(sched, on), tag=tag)
+    sched.schedule(mido.Message("note_off", channel=channel, note=pitch, velocity=0),
+                   at(sched, off), tag=tag)
 
 
 class FakeOutput:
@@ -68,7 +87,7 @@ def hog():
 
 def test_thousands_from_two_threads_none_lost_none_reordered(hog):
     out = FakeOutput()
-    sched = Scheduler(out)
+    sched = make(out)
     start = now()
     past = start - 0.05  # already late when pushed: sent at once, in push order
     base = start + 0.3  # pushing 4,000 messages takes far less than this
@@ -88,7 +107,7 @@ def test_thousands_from_two_threads_none_lost_none_reordered(hog):
                 msg = mido.Message("note_on", channel=channel, note=i % 128, velocity=64)
             else:
                 msg = mido.Message("control_change", channel=channel, control=1, value=i % 128)
-            seq = sched.schedule(msg, deadline)
+            seq = sched.schedule(msg, at(sched, deadline))
             with lock:
                 pushed.append((deadline, 1 if msg.type == "note_on" else 0, seq, msg))
                 pushed_by[0] = now()
@@ -117,32 +136,29 @@ def test_thousands_from_two_threads_none_lost_none_reordered(hog):
 
 def test_note_off_before_note_on_at_equal_deadlines():
     out = FakeOutput()
-    with Scheduler(out) as sched:
+    with make(out) as sched:
         d = now() + 0.05
         on = mido.Message("note_on", note=60, velocity=90)
         off = mido.Message("note_off", note=60)
-        sched.schedule(on, d)
-        sched.schedule(off, d)  # pushed later, sent first
-        sched.schedule_note(62, 80, d + 0.01, d + 0.03)
-        sched.schedule_note(62, 80, d + 0.03, d + 0.05)  # repeated note: off, then on
-        sched.schedule_note(64, 80, d + 0.01, d)  # an off before its on is moved after it
-        assert wait_for(lambda: len(out.sent) == 8)
-    sent = [(m.type, m.note) for m, _ in out.sent[:8]]
+        sched.schedule(on, at(sched, d))
+        sched.schedule(off, at(sched, d))  # pushed later, sent first
+        note(sched, 62, 80, d + 0.01, d + 0.03)
+        note(sched, 62, 80, d + 0.03, d + 0.05)  # repeated note: off, then on
+        assert wait_for(lambda: len(out.sent) == 6)
+    sent = [(m.type, m.note) for m, _ in out.sent[:6]]
     assert sent[:2] == [("note_off", 60), ("note_on", 60)]
     notes62 = [t for t, n in sent if n == 62]
     assert notes62 == ["note_on", "note_off", "note_on", "note_off"]
-    notes64 = [t for t, n in sent if n == 64]
-    assert notes64 == ["note_on", "note_off"]
 
 
 def test_cancel_ends_sounding_notes_of_a_tag_and_drops_its_pending():
     out = FakeOutput()
-    sched = Scheduler(out)
+    sched = make(out)
     t = now()
-    sched.schedule_note(60, 100, t, t + 30, channel=0, tag="answer")
-    sched.schedule_note(64, 100, t, t + 30, channel=0, tag="answer")
-    sched.schedule_note(48, 100, t, t + 30, channel=1, tag="bass")
-    sched.schedule_note(67, 100, t + 0.15, t + 30, channel=0, tag="answer")  # not yet played
+    note(sched, 60, 100, t, t + 30, channel=0, tag="answer")
+    note(sched, 64, 100, t, t + 30, channel=0, tag="answer")
+    note(sched, 48, 100, t, t + 30, channel=1, tag="bass")
+    note(sched, 67, 100, t + 0.15, t + 30, channel=0, tag="answer")  # not yet played
     assert wait_for(lambda: len(sched.sounding()) == 3)
     assert out.notes == {(0, 60), (0, 64), (1, 48)}
     sched.cancel("answer")
@@ -158,11 +174,11 @@ def test_cancel_ends_sounding_notes_of_a_tag_and_drops_its_pending():
 
 def test_panic_then_all_notes_off_on_every_channel_used():
     out = FakeOutput()
-    sched = Scheduler(out)
+    sched = make(out)
     t = now()
     for ch, pitch in ((0, 60), (2, 62), (2, 65)):
-        sched.schedule_note(pitch, 90, t, t + 30, channel=ch)
-    sched.schedule(mido.Message("note_on", channel=3, note=70, velocity=50), t + 10)
+        note(sched, pitch, 90, t, t + 30, channel=ch)
+    sched.schedule(mido.Message("note_on", channel=3, note=70, velocity=50), at(sched, t + 10))
     assert wait_for(lambda: len(sched.sounding()) == 3)
     sched.panic()
     assert out.notes == set() and sched.sounding() == set() and sched.pending() == 0
@@ -177,34 +193,35 @@ def test_panic_then_all_notes_off_on_every_channel_used():
 
 def test_stop_is_idempotent_and_leaves_nothing_sounding():
     out = FakeOutput()
-    sched = Scheduler(out)
+    sched = make(out)
     t = now()
-    sched.schedule_note(60, 90, t, t + 30)
-    sched.schedule_note(72, 90, t + 20, t + 30)
+    note(sched, 60, 90, t, t + 30)
+    note(sched, 72, 90, t + 20, t + 30)
     assert wait_for(lambda: sched.sounding() == {(0, 60)})
     sched.stop()
     sched.stop()
     assert out.notes == set() and sched.sounding() == set()
     assert not sched._thread.is_alive()
     n = len(out.sent)
-    assert sched.schedule(mido.Message("note_on", note=61), now()) == -1  # ignored
-    sched.schedule_note(62, 90, now(), now() + 1)
+    assert sched.schedule(mido.Message("note_on", note=61), None) == -1  # ignored
+    note(sched, 62, 90, now(), now() + 1)
     time.sleep(0.05)
     assert len(out.sent) == n
 
 
 def test_exception_in_send_is_counted_and_the_thread_goes_on():
     out = FakeOutput(fail_every=3)
-    sched = Scheduler(out)
+    sched = make(out)
     t = now()
     for i in range(30):
-        sched.schedule(mido.Message("note_on", note=40 + i, velocity=80), t + i * 0.001)
+        sched.schedule(mido.Message("note_on", note=40 + i, velocity=80),
+                       at(sched, t + i * 0.001))
     assert wait_for(lambda: out.calls == 30)
     assert sched.send_errors == 10 and "unplugged" in sched.last_error
     assert sched._thread.is_alive()
     # Notes whose send raised may have sounded anyway: they still get their note-off.
     assert len(sched.sounding()) == 30
-    sched.schedule(mido.Message("control_change", control=7, value=100), now())
+    sched.schedule(mido.Message("control_change", control=7, value=100), at(sched, now()))
     assert wait_for(lambda: out.calls == 31)
     out.fail_every = 0
     sched.stop()
@@ -215,15 +232,15 @@ def test_on_sent_never_blocks_the_scheduler():
     release = threading.Event()
     got: list[tuple[mido.Message, float]] = []
 
-    def recorder(msg, t):
+    def recorder(msg, t, tag):
         release.wait()  # a recorder stuck on disk
         got.append((msg, t))
 
     out = FakeOutput()
-    sched = Scheduler(out, on_sent=recorder)
+    sched = make(out, on_sent=recorder)
     t = now()
     for i in range(50):
-        sched.schedule(mido.Message("control_change", value=i), t + i * 0.001)
+        sched.schedule(mido.Message("control_change", value=i), at(sched, t + i * 0.001))
     assert wait_for(lambda: len(out.sent) == 50)  # sends went on while the recorder hung
     assert got == []
     release.set()
@@ -235,10 +252,10 @@ def test_on_sent_never_blocks_the_scheduler():
 
 def test_asap_messages_go_first_and_stay_out_of_the_timing_stats():
     out = FakeOutput()
-    sched = Scheduler(out)
+    sched = make(out)
     t = now() + 0.05
-    sched.schedule(mido.Message("control_change", value=1), t)
-    sched.schedule(mido.Message("program_change", program=5), 0.0, tag="program")
+    sched.schedule(mido.Message("control_change", value=1), at(sched, t))
+    sched.schedule(mido.Message("program_change", program=5), None, tag="program")
     sched.schedule(mido.Message("note_on", note=60, velocity=70), None, tag="thru")
     assert wait_for(lambda: len(out.sent) == 3)
     assert [m.type for m, _ in out.sent] == ["program_change", "note_on", "control_change"]
@@ -251,9 +268,9 @@ def test_asap_messages_go_first_and_stay_out_of_the_timing_stats():
 
 def test_latency_compensation_sends_early():
     out = FakeOutput()
-    sched = Scheduler(out, latency_ms=500)
+    sched = make(out, latency_ms=500)
     deadline = now() + 0.6
-    sched.schedule(mido.Message("control_change", value=1), deadline)
+    sched.schedule(mido.Message("control_change", value=1), at(sched, deadline))
     assert wait_for(lambda: len(out.sent) == 1)
     assert out.sent[0][1] < deadline  # 500 ms early, so well before the deadline
     assert sched.latency_ms == 500
@@ -263,15 +280,52 @@ def test_latency_compensation_sends_early():
 def test_notes_end_at_interpreter_exit_without_stop():
     code = """
 import sys, time, mido
-from improv.live.clock import now
+from improv.live.clock import Clock, now
 from improv.live.scheduler import Scheduler
 class Out:
     def send(self, msg):
         print(msg.type, msg.note if hasattr(msg, 'note') else msg.control, flush=True)
-s = Scheduler(Out())
-s.schedule_note(60, 100, now(), now() + 60)
+s = Scheduler(Out(), Clock(125.0))
+s.schedule(mido.Message('note_on', note=60, velocity=100), None)
 time.sleep(0.1)
 """  # exits with the note still sounding and no stop()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["note_on 60", "note_off 60", "control_change 123"]
+
+
+def test_a_tempo_change_moves_the_queued_notes():
+    """Late binding: a deadline stays a tick until sent, so a faster tempo brings it nearer."""
+    out = FakeOutput()
+    clock = Clock(120.0)  # a beat is 0.5 s
+    sched = Scheduler(out, clock)
+    pushed = now()
+    sched.schedule(mido.Message("note_on", note=60, velocity=80), clock.now_tick() + 24)
+    bound_then = clock.tick_to_time(clock.now_tick() + 24)
+    clock.set_tempo(240.0)  # the rest of the beat now takes half as long
+    assert wait_for(lambda: len(out.sent) == 1)
+    assert out.sent[0][1] < bound_then - 0.15
+    assert out.sent[0][1] - pushed > 0.15  # but not at once: it was bound again, not dropped
+    sched.stop()
+
+
+def test_a_followed_master_speeding_up_moves_the_queued_notes():
+    """The MIDI clock follower's re-anchoring reaches notes queued before it."""
+    from improv.live.clock import MidiClockFollower, bpm_to_seconds_per_tick
+
+    out = FakeOutput()
+    clock = Clock(120.0)
+    follower = MidiClockFollower(clock)
+    sched = Scheduler(out, clock)
+    target = clock.now_tick() + 24
+    bound_then = clock.tick_to_time(target)
+    sched.schedule(mido.Message("note_on", note=60, velocity=80), target)
+    sched.schedule(mido.Message("note_off", note=60), target + 12)
+    spt = bpm_to_seconds_per_tick(240.0)  # the master plays twice as fast
+    t_end = now()
+    for i in range(12):
+        follower.feed("clock", t_end - (11 - i) * spt)
+    assert follower.bpm == pytest.approx(240.0)
+    assert wait_for(lambda: len(out.sent) == 2)
+    assert out.sent[0][1] < bound_then - 0.15
+    sched.stop()

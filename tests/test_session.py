@@ -155,7 +155,7 @@ def test_real_time_session_with_the_real_scheduler(tiny_model_dir, library):
 
     out = Out()
     clock = Clock(240.0)
-    sched = Scheduler(out)
+    sched = Scheduler(out, clock)
     engine = Engine(tiny_model_dir, provider="cpu")
     preset = apply_overrides(library.by_number(1), silence_beats=1.0, response_bars=1)
     s = Session(engine, clock, sched, library, preset, options=SessionOptions(seed=1)).start()

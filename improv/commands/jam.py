@@ -2,6 +2,10 @@
 recording), runs the stage UI or a plain headless printer, and takes it all down
 again so that every note the machine started is ended, whatever ends the set.
 
+The ports, the scheduler and clock in/out run in the real-time I/O process
+(improv.live.rtio, reached through improv.live.iolink.IOLink); ``--in-process`` keeps
+them in this process, as before.
+
 This module owns the wiring and the shutdown order, nothing musical. It never
 imports torch: a stage machine needs only the runtime dependencies.
 """
@@ -89,7 +93,7 @@ class Rig:
     """Everything one set needs, in the order it must be taken down."""
 
     session: Session
-    scheduler: Scheduler
+    scheduler: Scheduler  # or the IOLink to the I/O process (the same contract)
     clock: Clock
     engine: object
     recorder: object | None = None
@@ -133,8 +137,24 @@ def parse_meter(text: str) -> tuple[int, int]:
         raise JamError(f"meter {text!r} is not like 4/4; write NUMERATOR/DENOMINATOR") from None
 
 
-def build_rig(args: argparse.Namespace, output, inbox=None, ports=(), follower=False) -> Rig:
-    """The live rig around an output (anything with send) and an input queue."""
+def io_config(args: argparse.Namespace, preset, follow: bool) -> dict:
+    """What the I/O process needs to open the ports and run (plain values: it is spawned)."""
+    return {
+        "backend": getattr(args, "backend", None), "inp": getattr(args, "inp", None),
+        "out": getattr(args, "out", None),
+        "virtual_in": bool(getattr(args, "virtual", False) or getattr(args, "inp", None) is None),
+        "virtual_out": bool(getattr(args, "virtual", False) or getattr(args, "out", None) is None),
+        "channels": None if getattr(args, "in_channel", None) is None else [args.in_channel - 1],
+        "thru_channel": int(preset.channel) - 1 if getattr(args, "thru", False) else None,
+        "follow": follow, "clock_out": bool(getattr(args, "clock_out", False)),
+        "latency_ms": getattr(args, "latency_ms", 0.0) or 0.0,
+    }
+
+
+def build_rig(args: argparse.Namespace, output=None, inbox=None, ports=(), follower=False,
+              on_lost=None) -> Rig:
+    """The live rig around an output (anything with send) and an input queue; with no
+    output, around the real-time I/O process (it opens the ports named in ``args``)."""
     from improv.live.engine import Engine  # onnxruntime loads only when a set starts
 
     library, preset = load_preset(args)
@@ -151,14 +171,31 @@ def build_rig(args: argparse.Namespace, output, inbox=None, ports=(), follower=F
         path.parent.mkdir(parents=True, exist_ok=True)
         recorder = SessionRecorder(path, bpm=bpm, meter=(num, den))
 
-    def on_sent(msg, t):
+    def on_sent(msg, t, tag):
         if recorder is not None and msg.type in ("note_on", "note_off"):
             recorder.add("machine", msg, max(0.0, clock.time_to_tick(t)))
 
-    scheduler = Scheduler(output, latency_ms=getattr(args, "latency_ms", 0.0) or 0.0,
-                          on_sent=on_sent)
+    link = None
+    if output is None:
+        from improv.live.iolink import IOLink
+
+        try:
+            link = IOLink(clock, io_config(args, preset, follower), on_sent=on_sent,
+                          on_lost=on_lost)
+        except Exception:
+            if recorder is not None:
+                recorder.close()
+            raise
+        scheduler, inbox = link, link.inbox
+        ports = (PortView("in", link.in_name, True, link.in_virtual),
+                 PortView("out", link.out_name, True, link.out_virtual))
+    else:
+        scheduler = Scheduler(output, clock,
+                              latency_ms=getattr(args, "latency_ms", 0.0) or 0.0,
+                              on_sent=on_sent)
     options = SessionOptions(lookahead_beats=args.lookahead, seed=args.seed,
-                             thru=getattr(args, "thru", False))
+                             # the I/O process forwards the player's notes itself
+                             thru=getattr(args, "thru", False) and link is None)
     from improv.live.midi_learn import Learner, load_bindings, save_bindings
 
     bindings, problem = load_bindings()
@@ -168,7 +205,12 @@ def build_rig(args: argparse.Namespace, output, inbox=None, ports=(), follower=F
                       recorder=recorder, controls=Learner(bindings), ports=tuple(ports),
                       on_learned=lambda b: _save_quietly(save_bindings, b))
     if follower:
-        session.follower = MidiClockFollower(clock)
+        if link is not None:
+            from improv.live.iolink import RemoteFollower
+
+            session.follower = RemoteFollower()  # the follower runs in the I/O process
+        else:
+            session.follower = MidiClockFollower(clock)
     return Rig(session, scheduler, clock, engine, recorder)
 
 
@@ -245,6 +287,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                     "('improv ui' can still attach one)")
     ap.add_argument("--socket", default=None, metavar="PATH",
                     help="the API socket for 'improv ui' (default: in the runtime folder)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="MIDI I/O in the jam's own process, not the real-time I/O process")
     add_rig_arguments(ap)
     knobs.add_flags(ap, KNOB_FLAGS)
     return ap
@@ -261,6 +305,11 @@ def open_ports(args: argparse.Namespace):
     out = MidiOutput(args.out, backend=backend, virtual=virtual_out)
     inp = MidiInput(args.inp, backend=backend, virtual=virtual_in, channels=channels)
     return inp, out
+
+
+def select_io_port(rig: Rig, role: str, name: str) -> PortView:
+    """Another port, opened by the I/O process (it ends our notes before leaving a synth)."""
+    return PortView(role, rig.scheduler.select_port(role, name), True, False)
 
 
 def select_port(rig: Rig, inp, out, role: str, name: str) -> PortView:
@@ -284,32 +333,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # Python threads hand over the GIL every 5 ms by default: too coarse for 1 ms timing.
     sys.setswitchinterval(0.001)
-    from improv.live.ports import PortError, PortWatcher
+    from improv.live.ports import PortError
     from improv.live.recording import RecordingError
 
     rig = server = None
     stop = threading.Event()
     try:
-        inp, out = open_ports(args)
-        print(f"improv: listening on '{inp.name}', playing to '{out.name}'", file=sys.stderr)
-        ports = (PortView("in", inp.name, True, inp.virtual),
-                 PortView("out", out.name, True, out.virtual))
-        rig = build_rig(args, out, inbox=inp.queue, ports=ports, follower=args.clock == "midi")
-        rig.closers += [inp, out]
-        rig.session.port_panel.selector = lambda role, name: select_port(rig, inp, out, role, name)
-        if not inp.virtual:
-            def on_port(event: str, name: str) -> None:
-                rig.session.set_port(PortView("in", name, event == "back", False))
-                rig.session.say(
-                    f"input {name}: {'unplugged, waiting for it' if event == 'lost' else 'back'}")
+        if not args.in_process:
+            rig = build_rig(args, follower=args.clock == "midi", on_lost=lambda: on_signal())
+            link = rig.scheduler
+            print(f"improv: listening on '{link.in_name}', playing to '{link.out_name}'",
+                  file=sys.stderr)
+            rig.session.port_panel.selector = lambda role, name: select_io_port(rig, role, name)
+            link.on_port = lambda event, name: _port_event(rig, event, name)
+        else:
+            rig = _in_process_rig(args)
 
-            rig.closers.append(PortWatcher(inp, on_event=on_port).start())
-        if args.clock_out:
-            sender = ClockSender(rig.clock, out.send).open()
-            sender.start()  # a slave's beat 1 lands on our next bar line
-            rig.closers.append(sender)
-
-        def on_signal(*_) -> None:  # SIGTERM, or SIGHUP when an SSH link drops mid-set
+        def on_signal(*_) -> None:  # SIGTERM, SIGHUP (an SSH link drops), the I/O process lost
             stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -342,6 +382,38 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"improv jam: the session failed: {rig.session.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _port_event(rig: Rig, event: str, name: str) -> None:
+    """The input port went away ('lost') or came back ('back')."""
+    rig.session.set_port(PortView("in", name, event == "back", False))
+    rig.session.say(f"input {name}: {'unplugged, waiting for it' if event == 'lost' else 'back'}")
+
+
+def _in_process_rig(args: argparse.Namespace) -> Rig:
+    """The rig with the ports and the scheduler in this process (--in-process)."""
+    from improv.live.ports import PortWatcher
+
+    inp, out = open_ports(args)
+    print(f"improv: listening on '{inp.name}', playing to '{out.name}'", file=sys.stderr)
+    ports = (PortView("in", inp.name, True, inp.virtual),
+             PortView("out", out.name, True, out.virtual))
+    try:
+        rig = build_rig(args, out, inbox=inp.queue, ports=ports, follower=args.clock == "midi")
+    except BaseException:
+        inp.close()
+        out.close()
+        raise
+    rig.closers += [inp, out]
+    rig.session.port_panel.selector = lambda role, name: select_port(rig, inp, out, role, name)
+    if not inp.virtual:
+        rig.closers.append(PortWatcher(
+            inp, on_event=lambda event, name: _port_event(rig, event, name)).start())
+    if args.clock_out:
+        sender = ClockSender(rig.clock, out.send).open()
+        sender.start()  # a slave's beat 1 lands on our next bar line
+        rig.closers.append(sender)
+    return rig
 
 
 if __name__ == "__main__":

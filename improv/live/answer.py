@@ -8,9 +8,12 @@ This module owns two small things the session uses while it answers:
   a barge-in can replay exactly the part that sounded (:meth:`Answer.heard`).
 * :class:`Voice`, which turns the answer's notes into scheduled MIDI: swing,
   humanize, the preset's velocity curve and channel, tagged so a barge-in can
-  cancel them. Humanize moves note-ons, so the voice keeps two promises the
-  scheduler's bookkeeping relies on: a note-off never goes before its own
-  note-on, and a note-on never goes before the last note-off of its key.
+  cancel them. Deadlines are clock ticks (the stream's offset subtracted; humanize
+  turned from ms into ticks at the current tempo), bound to time only when sent.
+  Humanize moves note-ons, so the voice keeps two promises the scheduler's book
+  relies on: a note-off never goes before its own note-on (at least
+  ``MIN_NOTE_TICKS`` after it), and a note-on never goes before the last note-off
+  of its key.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from dataclasses import dataclass, field
 import mido
 
 from improv.core import tokens as tk
+from improv.live.book import MIN_NOTE_TICKS
 from improv.live.dynamics import Dynamics
 from improv.live.stream import Checkpoint
 
 RESPONSE = "response"  # scheduler tag of the machine's notes
-MIN_NOTE_S = 0.002  # a machine note lasts at least this long, whatever humanize does
 
 
 @dataclass
@@ -41,8 +44,8 @@ class Answer:
     trading: bool = False  # handed over on a fixed line (call_bars): never discarded
     dynamics: Dynamics = field(default_factory=Dynamics)
     tokens: list[tuple[int, int]] = field(default_factory=list)  # (token, tick generated at)
-    sounding: dict[int, float] = field(default_factory=dict)  # pitch -> its note-on deadline
-    last_off: dict[int, float] = field(default_factory=dict)  # pitch -> its last off deadline
+    sounding: dict[int, float] = field(default_factory=dict)  # pitch -> its note-on clock tick
+    last_off: dict[int, float] = field(default_factory=dict)  # pitch -> its last off clock tick
     first_note: bool = False
 
     def played_into(self, tick: int, beat_ticks: int) -> bool:
@@ -65,35 +68,40 @@ class Answer:
 
 
 class Voice:
-    """Schedules the machine's notes from ticks, with the preset's feel."""
+    """Schedules the machine's notes from stream ticks, with the preset's feel."""
 
-    def __init__(self, scheduler, time_of: Callable[[float], float], seed: int | None = None):
+    def __init__(self, scheduler, clock, seed: int | None = None,
+                 offset: Callable[[], float] = lambda: 0) -> None:
         self.scheduler = scheduler
-        self.time_of = time_of  # stream tick -> monotonic seconds (the session's clock mapping)
+        self.clock = clock  # for the tempo humanize is measured in
+        self.offset = offset  # stream tick - clock tick (the session's stream offset)
         self.rng = random.Random(seed)
 
     def deadline(self, tick: float, preset, humanize: bool = False) -> float:
+        """The clock tick at which the note of stream tick ``tick`` is due."""
         eighth = tk.TICKS_PER_QUARTER // 2
         if preset.swing and tick % tk.TICKS_PER_QUARTER == eighth:
             tick += preset.swing * eighth
-        t = self.time_of(tick)
+        tick -= self.offset()
         if humanize and preset.humanize_ms:
-            t += self.rng.gauss(0.0, preset.humanize_ms / 2000.0)
-        return t
+            tick += self.rng.gauss(0.0, preset.humanize_ms / 2000.0) / self.clock.seconds_per_tick
+        return tick
 
     def note_on(self, answer: Answer, pitch: int, tick: int, velocity: int, preset) -> float:
-        deadline = max(self.deadline(tick, preset, humanize=True), answer.last_off.get(pitch, 0.0))
+        """Schedule a note-on; returns its time as bound now (seconds, for reports)."""
+        deadline = max(self.deadline(tick, preset, humanize=True),
+                       answer.last_off.get(pitch, float("-inf")))
         answer.sounding[pitch] = deadline
         msg = mido.Message("note_on", channel=preset.channel - 1, note=pitch,
                            velocity=preset.shape_velocity(velocity))
         self.scheduler.schedule(msg, deadline, tag=RESPONSE)
-        return deadline
+        return self.clock.tick_to_time(deadline)
 
     def note_off(self, answer: Answer, pitch: int, tick: int, preset) -> None:
         on = answer.sounding.pop(pitch, None)
         if on is None:
             return
-        deadline = max(self.deadline(tick, preset), on + MIN_NOTE_S)
+        deadline = max(self.deadline(tick, preset), on + MIN_NOTE_TICKS)
         answer.last_off[pitch] = deadline
         msg = mido.Message("note_off", channel=preset.channel - 1, note=pitch, velocity=0)
         self.scheduler.schedule(msg, deadline, tag=RESPONSE)

@@ -96,6 +96,37 @@ class Clock:
         self.meter = Meter(numerator, denominator)
         self.bar_origin = 0  # a tick on a bar line; bars repeat from it
         self._taps: deque[float] = deque(maxlen=5)  # 5 taps = the last 4 intervals
+        self._listeners: list[Callable[[], object]] = []
+
+    # --- the mapping, and who hears of its changes -----------------------------------------
+
+    def mapping(self) -> tuple[float, float, float]:
+        """``(tick0, t0, seconds_per_tick)``: tick ``tick0`` is at ``t0``."""
+        return self._anchor
+
+    def set_mapping(self, tick0: float, t0: float, seconds_per_tick: float) -> None:
+        """Take another clock's mapping (the I/O process's, or the session's) as it is."""
+        with self._lock:
+            self._anchor = (float(tick0), float(t0), float(seconds_per_tick))
+        self._changed()
+
+    def on_change(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call ``callback()`` after every tempo, position, follow or mapping change (a
+        scheduler re-binds its queued deadlines); returns the function that unsubscribes."""
+        self._listeners.append(callback)
+
+        def remove() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return remove
+
+    def _changed(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:  # a listener's fault must not undo the tempo change
+                pass
 
     # --- conversions (lock-free: one snapshot each) ---------------------------------------
 
@@ -134,17 +165,20 @@ class Clock:
         with self._lock:
             t = self.time_fn() if at is None else at
             self._anchor = (self.time_to_tick(t), t, spt)
+        self._changed()
 
     def set_position(self, tick: float, t: float | None = None) -> None:
         """Make ``tick`` happen at time ``t`` (default: now): a deliberate jump."""
         with self._lock:
             t = self.time_fn() if t is None else t
             self._anchor = (float(tick), t, self._anchor[2])
+        self._changed()
 
     def follow(self, tick: float, t: float, seconds_per_tick: float) -> None:
         """Tick ``tick`` is at ``t`` and ticks last ``seconds_per_tick``: one atomic update."""
         with self._lock:
             self._anchor = (float(tick), t, seconds_per_tick)
+        self._changed()
 
     def tap(self, t: float | None = None) -> float | None:
         """One tap of tap tempo; returns the new BPM once there are two taps, else None.

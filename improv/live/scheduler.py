@@ -1,19 +1,21 @@
-"""Outgoing MIDI at absolute deadlines, and the one place that ends machine notes.
+"""Outgoing MIDI at deadlines in clock ticks, and the one place that ends machine notes.
 
-This module owns the scheduler thread: messages wait in a heap keyed by
-``(deadline, note-ons last, push order)``; the thread sleeps on a condition
-variable until about 1.5 ms before the first deadline, then spins (yielding
-with ``time.sleep(0)``) and sends. Pushing an earlier deadline wakes it.
+This module owns the scheduler thread that drives a :class:`~improv.live.book.Book`
+(pending messages by deadline tick, the sounding machine notes) against a
+:class:`~improv.live.clock.Clock`. Deadlines stay in ticks until the moment of
+sending: the thread binds the head's tick to seconds with the clock's mapping of
+that moment (late binding), and re-binds whenever the clock changes
+(``Clock.on_change``), so a tempo change or a MIDI clock follower's correction
+reaches every queued note. It sleeps on a condition variable until about 1.5 ms
+before the head's time, then spins (yielding with ``time.sleep(0)``) and sends.
 
-Every note-on it sends is registered as sounding until a note-off for its key
-is sent, and every path that stops playing sends the missing note-offs:
-``cancel`` (barge-in), ``panic``, ``stop``, an exception in the output's
-``send`` (caught, counted, the thread goes on) and interpreter exit (atexit).
-So "no stuck notes" is this module and its tests.
+Every path that stops playing sends the missing note-offs: ``cancel``
+(barge-in), ``panic``, ``stop``, an exception in the output's ``send`` (caught,
+counted, the thread goes on) and interpreter exit (atexit).
 
-Deadlines are seconds of :func:`improv.live.clock.now`. A message sent more than
-1 ms after its deadline is late: counted, sent at once, never dropped, never
-reordered. Latency compensation sends everything ``latency_ms`` earlier.
+A message sent more than 1 ms after its bound time is late: counted, sent at
+once, never dropped, never reordered. Latency compensation sends everything
+``latency_ms`` earlier.
 
 Run ``python -m improv.live.scheduler`` to measure timing errors on this machine.
 """
@@ -21,8 +23,6 @@ Run ``python -m improv.live.scheduler`` to measure timing errors on this machine
 from __future__ import annotations
 
 import atexit
-import heapq
-import itertools
 import queue
 import threading
 import time
@@ -33,19 +33,13 @@ from dataclasses import dataclass
 
 import mido
 
-from improv.live.clock import now, try_realtime
+from improv.live.book import ASAP, Book, is_note_off, is_note_on
+from improv.live.clock import Clock, now, try_realtime
 
-LATE = 0.001  # seconds after the deadline that make a message late
-MIN_NOTE = 0.002  # a scheduled note lasts at least this long, so its off follows its on
-ASAP = float("-inf")  # the deadline of "send now" messages
+__all__ = ["ASAP", "LATE", "Scheduler", "SchedulerStats", "is_note_off", "is_note_on"]
 
-
-def is_note_on(msg: mido.Message) -> bool:
-    return msg.type == "note_on" and msg.velocity > 0
-
-
-def is_note_off(msg: mido.Message) -> bool:
-    return msg.type == "note_off" or (msg.type == "note_on" and msg.velocity == 0)
+LATE = 0.001  # seconds after the bound time that make a message late
+_HAIR = 1e-9  # ticks: a float hair before the head's tick is on it
 
 
 @dataclass
@@ -62,34 +56,44 @@ class SchedulerStats:
     max_ms: float | None
 
 
+def timing_stats(errors, **counts) -> SchedulerStats:
+    """SchedulerStats from send errors (seconds) and the counters."""
+    errs = sorted(errors)
+
+    def pct(p: float) -> float | None:
+        return errs[min(len(errs) - 1, int(p * len(errs)))] * 1000.0 if errs else None
+
+    return SchedulerStats(p50_ms=pct(0.50), p99_ms=pct(0.99),
+                          max_ms=errs[-1] * 1000.0 if errs else None, **counts)
+
+
 class Scheduler:
-    """Sends mido messages on ``output`` (anything with ``.send(msg)``) at deadlines."""
+    """Sends mido messages on ``output`` (anything with ``.send(msg)``) at ``clock`` ticks."""
 
     SPIN = 0.0015  # seconds before a deadline when sleeping stops and spinning starts
 
     def __init__(
         self,
         output,
+        clock: Clock,
         *,
         latency_ms: float = 0.0,
-        on_sent: Callable[[mido.Message, float], object] | None = None,
+        on_sent: Callable[[mido.Message, float, Hashable], object] | None = None,
         errors_kept: int = 10_000,
         realtime: bool = True,
         name: str = "improv-scheduler",
     ) -> None:
         self.output = output
+        self.clock = clock  # the deadlines' ticks are this clock's
         self._want_realtime = realtime
         self.realtime = False  # True once the thread got a real-time priority
         self._latency = latency_ms / 1000.0
         self._cond = threading.Condition(threading.Lock())
-        # Held while items move from the heap to the output, so cancel/panic never
+        # Held while items move from the book to the output, so cancel/panic never
         # miss a note-on that was popped but not yet registered.
         self._send_lock = threading.RLock()
-        self._heap: list[tuple[float, int, int, mido.Message, Hashable]] = []
-        self._seq = itertools.count()
-        self._version = 0  # bumped when the head of the heap gets earlier
-        self._sounding: dict[tuple[int, int], set[Hashable]] = {}
-        self._channels: set[int] = set()
+        self.book = Book()  # pending under _cond, sounding under _send_lock
+        self._version = 0  # bumped when the head's time may have moved
         self._closed = False  # no more pushes
         self._quit = False  # thread should end
         self.sent = 0
@@ -97,7 +101,7 @@ class Scheduler:
         self.send_errors = 0
         self.last_error: str | None = None
         self.callback_drops = 0
-        self.errors: deque[float] = deque(maxlen=errors_kept)  # send time - target, seconds
+        self.errors: deque[float] = deque(maxlen=errors_kept)  # send time - bound time, seconds
         self._on_sent = on_sent
         self._sent_q: queue.Queue | None = None
         self._deliverer: threading.Thread | None = None
@@ -107,6 +111,7 @@ class Scheduler:
                 target=self._deliver, name=f"{name}-on-sent", daemon=True
             )
             self._deliverer.start()
+        self._unsubscribe = self.clock.on_change(self._rebind)
         # Daemon, so a forgotten stop() cannot hang exit; atexit sends the note-offs.
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -125,70 +130,49 @@ class Scheduler:
             self._version += 1
             self._cond.notify()
 
-    def schedule(self, msg: mido.Message, deadline: float | None, *, tag: Hashable = None) -> int:
-        """Send ``msg`` at ``deadline``; returns its push number. Ignored after stop().
+    def schedule(self, msg: mido.Message, tick: float | None, *, tag: Hashable = None) -> int:
+        """Send ``msg`` at clock tick ``tick``; returns its push number. Ignored after stop().
 
-        A deadline of None or <= 0 means "as soon as possible" (thru, program
-        changes): sent before anything timed, in push order, outside the timing stats.
+        A tick of None means "as soon as possible" (thru, program changes): sent
+        before anything timed, in push order, outside the timing stats.
         """
-        if deadline is None or deadline <= 0:
-            deadline = ASAP
         with self._cond:  # the push number is taken under the lock: it is the push order
             if self._closed:
                 return -1
-            item = (deadline, 1 if is_note_on(msg) else 0, next(self._seq), msg, tag)
-            heapq.heappush(self._heap, item)
-            if self._heap[0] is item:
+            seq = self.book.push(msg, tick, tag)
+            head = self.book.head()
+            if head is not None and head[2] == seq:
                 self._version += 1
                 self._cond.notify()
-        return item[2]
-
-    def schedule_note(
-        self,
-        pitch: int,
-        velocity: int,
-        on_deadline: float,
-        off_deadline: float,
-        channel: int = 0,
-        tag: Hashable = None,
-    ) -> None:
-        """A note-on and its note-off (at least MIN_NOTE later), with one tag."""
-        off_deadline = max(off_deadline, on_deadline + MIN_NOTE)
-        on = mido.Message("note_on", channel=channel, note=pitch, velocity=max(1, velocity))
-        off = mido.Message("note_off", channel=channel, note=pitch, velocity=0)
-        with self._cond:  # both or neither, so stop() between them can't orphan the on
-            if self._closed:
-                return
-            for deadline, msg in ((on_deadline, on), (off_deadline, off)):
-                item = (deadline, 1 if msg is on else 0, next(self._seq), msg, tag)
-                heapq.heappush(self._heap, item)
-                if self._heap[0] is item:
-                    self._version += 1
-            self._cond.notify()
+        return seq
 
     def cancel(self, tag: Hashable = None) -> None:
         """Barge-in: drop pending messages of ``tag`` (None: all) and end its sounding notes."""
         with self._send_lock:
             with self._cond:
-                self._drop_pending(tag)
-            for key in [k for k, tags in self._sounding.items() if tag is None or tag in tags]:
-                self._send(_off(*key), None, None)
+                offs = self.book.cancel(tag)
+            for msg in offs:
+                self._send(msg, tag, None)
 
     def panic(self) -> None:
         """Drop everything pending, end every sounding note, then All Notes Off per channel."""
         with self._send_lock:
-            self.cancel(None)
-            for channel in sorted(self._channels):
-                self._send(mido.Message("control_change", channel=channel, control=123), None, None)
+            with self._cond:
+                msgs = self.book.panic()
+            for msg in msgs:
+                self._send(msg, None, None)
 
-    def sounding(self) -> set[tuple[int, int]]:
+    def heartbeat(self) -> None:
+        """The session is alive: nothing to do in process (the I/O link's watchdog needs it)."""
+
+    def sounding(self, tag: Hashable = ...) -> set[tuple[int, int]]:
         """(channel, pitch) of every note-on sent and not yet ended."""
         with self._send_lock:
-            return set(self._sounding)
+            return self.book.sounding(tag)
 
-    def pending(self) -> int:
+    def pending(self, tag: Hashable = ...) -> int:
         with self._cond:
-            return len(self._heap)
+            return self.book.pending(tag)
 
     def stop(self) -> None:
         """Panic, then end the thread. Safe to call twice and from any thread."""
@@ -200,6 +184,7 @@ class Scheduler:
         with self._cond:
             self._quit = True
             self._cond.notify()
+        self._unsubscribe()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
         if self._sent_q is not None and self._deliverer is not None:
@@ -220,25 +205,22 @@ class Scheduler:
         self.stop()
 
     def stats(self) -> SchedulerStats:
-        errs = sorted(self.errors)
-
-        def pct(p: float) -> float | None:
-            return errs[min(len(errs) - 1, int(p * len(errs)))] * 1000.0 if errs else None
-
-        return SchedulerStats(
-            sent=self.sent,
-            late=self.late,
-            send_errors=self.send_errors,
-            callback_drops=self.callback_drops,
-            pending=self.pending(),
-            sounding=len(self._sounding),
-            realtime=self.realtime,
-            p50_ms=pct(0.50),
-            p99_ms=pct(0.99),
-            max_ms=errs[-1] * 1000.0 if errs else None,
-        )
+        return timing_stats(
+            list(self.errors), sent=self.sent, late=self.late, send_errors=self.send_errors,
+            callback_drops=self.callback_drops, pending=self.pending(),
+            sounding=len(self.sounding()), realtime=self.realtime)
 
     # --- the thread ---------------------------------------------------------------------------
+
+    def _rebind(self) -> None:
+        """The clock changed: the head's time is bound again."""
+        with self._cond:
+            self._version += 1
+            self._cond.notify()
+
+    def _time_of(self, tick: float) -> float:
+        """The time to send a message of ``tick``, with the clock's mapping of now."""
+        return self.clock.tick_to_time(tick) - self._latency
 
     def _run(self) -> None:
         if self._want_realtime:
@@ -248,26 +230,26 @@ class Scheduler:
                 while True:
                     if self._quit:
                         return
-                    if not self._heap:
+                    head = self.book.next_tick()
+                    if head is None:
                         self._cond.wait()
                         continue
-                    target = self._heap[0][0] - self._latency
+                    target = self._time_of(head)
                     delay = target - now()
                     if delay <= self.SPIN:
                         version = self._version
                         break
                     self._cond.wait(delay - self.SPIN)
-            # Spin outside the lock so pushes stay cheap; an earlier push restarts the wait.
+            # Spin outside the lock so pushes stay cheap; an earlier push or a clock
+            # change restarts the wait with the head bound again.
             while now() < target and self._version == version and not self._quit:
                 time.sleep(0)
             with self._send_lock:
                 with self._cond:
-                    due = []
                     t = now()
-                    while self._heap and self._heap[0][0] - self._latency <= t:
-                        due.append(heapq.heappop(self._heap))
-                for deadline, _, _, msg, tag in due:
-                    self._send(msg, tag, deadline - self._latency)
+                    due = self.book.pop_due(self.clock.time_to_tick(t + self._latency) + _HAIR)
+                for tick, _, _, msg, tag in due:
+                    self._send(msg, tag, None if tick == ASAP else self._time_of(tick))
 
     def _send(self, msg: mido.Message, tag: Hashable, target: float | None) -> None:
         """Send one message and keep the books; caller holds _send_lock."""
@@ -278,30 +260,17 @@ class Scheduler:
             self.send_errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
         self.sent += 1
-        if target is not None and target != ASAP:
+        if target is not None:
             self.errors.append(t - target)
             if t - target > LATE:
                 self.late += 1
-        if hasattr(msg, "channel"):
-            self._channels.add(msg.channel)
-        # A note-on whose send failed may still have sounded: keep it, so it gets an off.
-        if is_note_on(msg):
-            self._sounding.setdefault((msg.channel, msg.note), set()).add(tag)
-        elif is_note_off(msg):
-            self._sounding.pop((msg.channel, msg.note), None)
+        # A note-on whose send failed may still have sounded: the book keeps it for its off.
+        self.book.sent(msg, tag)
         if self._sent_q is not None:
             try:
-                self._sent_q.put_nowait((msg, t))
+                self._sent_q.put_nowait((msg, t, tag))
             except queue.Full:
                 self.callback_drops += 1
-
-    def _drop_pending(self, tag: Hashable) -> None:
-        """Remove pending messages of ``tag`` (None: all); caller holds _cond."""
-        if tag is None:
-            self._heap.clear()
-        else:
-            self._heap = [item for item in self._heap if item[4] != tag]
-            heapq.heapify(self._heap)
 
     def _deliver(self) -> None:
         """Runs on_sent on its own thread, so a slow recorder never delays a send."""
@@ -319,10 +288,6 @@ class Scheduler:
                 self._on_sent(*item)
             except Exception:
                 self.callback_drops += 1
-
-
-def _off(channel: int, pitch: int) -> mido.Message:
-    return mido.Message("note_off", channel=channel, note=pitch, velocity=0)
 
 
 _live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -359,10 +324,11 @@ def measure(
 
     if busy:
         threading.Thread(target=hog, daemon=True).start()
-    sched = Scheduler(_NullOutput(), realtime=realtime)
-    t0 = now() + 0.05
+    clock = Clock(125.0)  # 20 ms a tick
+    sched = Scheduler(_NullOutput(), clock, realtime=realtime)
+    t0 = clock.now_tick() + 0.05 / clock.seconds_per_tick
     for i in range(n):
-        sched.schedule(mido.Message("clock"), t0 + i * spacing)
+        sched.schedule(mido.Message("clock"), t0 + i * spacing / clock.seconds_per_tick)
     while sched.pending():
         time.sleep(0.05)
     time.sleep(0.01)

@@ -102,7 +102,7 @@ class Session:
                                  controls, on_learned)
         self.stream = Stream(engine, sampler, meter)
         self.out = Publisher(clock.time_fn, clock.beat_ticks)
-        self.voice = Voice(scheduler, self._time_of, self.options.seed)
+        self.voice = Voice(scheduler, clock, self.options.seed, offset=lambda: self.offset)
         self.answering = Answering(self, guide_engine)
         self.handover = Handover(self)
         self.quantizer = Quantizer(clock)
@@ -191,9 +191,6 @@ class Session:
     def now_tick(self) -> float:
         return self.clock.now_tick() + self.offset
 
-    def _time_of(self, tick: float) -> float:
-        return self.clock.tick_to_time(tick - self.offset)
-
     def clock_tick(self, tick: float) -> float:
         """A stream tick as a tick of the clock (what the scheduler's deadlines are in)."""
         return tick - self.offset
@@ -229,8 +226,7 @@ class Session:
                 self._on_intent(intent)
             except (KeyError, ValueError, TypeError) as e:  # a bad intent costs one line
                 self.say(f"ignored {type(intent).__name__}: {e}")
-        if hasattr(self.scheduler, "heartbeat"):
-            self.scheduler.heartbeat()
+        self.scheduler.heartbeat()  # the I/O process's watchdog: the session lives
         self._check_call_end()
         self.answering.generate()
         self.publish()

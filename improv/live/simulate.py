@@ -1,8 +1,9 @@
 """Simulated time for the live path: run a real session faster than real time.
 
-This module owns a stand-in scheduler that keeps the real one's bookkeeping
-(pending heap, sounding notes per tag, cancel and panic note-offs) but sends on
-a simulated clock, and a driver that plays a scripted player into a real
+This module owns a stand-in for the scheduler thread that drives the live
+scheduler's own :class:`~improv.live.book.Book` (pending messages by clock tick,
+sounding notes per tag, cancel and panic note-offs) but sends on a simulated
+clock, and a driver that plays a scripted player into a real
 :class:`~improv.live.session.Session` (real engine, sampler and encoder) while time
 jumps from one event to the next. Tests and ``bench/stuck_notes.py`` use it to
 run a thousand randomized sessions in minutes and check that the session ends
@@ -11,15 +12,14 @@ every note it starts on its own, before any panic would.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import mido
 
-from improv.live.scheduler import SchedulerStats, is_note_off, is_note_on
+from improv.live.book import Book
+from improv.live.scheduler import SchedulerStats
 
 
 class SimTime:
@@ -40,71 +40,62 @@ class Sent:
 
 
 class SimScheduler:
-    """The real scheduler's rules, on simulated time: sends when ``advance`` passes a deadline."""
+    """The live scheduler's book on simulated time: sends when ``advance`` passes a deadline
+    (clock ticks, bound to the clock's time when sent, as the live thread does)."""
 
-    def __init__(self, time_fn: SimTime) -> None:
-        self.time_fn = time_fn
-        self._heap: list = []
-        self._seq = itertools.count()
-        self._sounding: dict[tuple[int, int], Hashable] = {}
-        self._channels: set[int] = set()
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.book = Book()
         self.log: list[Sent] = []
         self.closed = False
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # note-ons for a key the machine already held
 
-    def schedule(self, msg: mido.Message, deadline: float | None, *, tag: Hashable = None) -> int:
+    def schedule(self, msg: mido.Message, tick: float | None, *, tag: Hashable = None) -> int:
         if self.closed:
             return -1
-        deadline = 0.0 if deadline is None else deadline
-        n = next(self._seq)
-        heapq.heappush(self._heap, (deadline, 1 if is_note_on(msg) else 0, n, msg, tag))
-        return n
+        return self.book.push(msg, tick, tag)
 
     def next_deadline(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        """The head's time as bound now (seconds of the simulated clock)."""
+        tick = self.book.next_tick()
+        return None if tick is None else self.clock.tick_to_time(tick)
 
     def advance(self) -> None:
-        now = self.time_fn()
-        while self._heap and self._heap[0][0] <= now:
-            _, _, _, msg, tag = heapq.heappop(self._heap)
+        for _, _, _, msg, tag in self.book.pop_due(self.clock.now_tick() + 1e-9):
             self._send(msg, tag)
 
     def _send(self, msg: mido.Message, tag: Hashable) -> None:
-        if hasattr(msg, "channel"):
-            self._channels.add(msg.channel)
-        if is_note_on(msg):
-            key = (msg.channel, msg.note)
-            if key in self._sounding and tag != "thru":
-                self.errors.append(f"note-on for sounding key {key} at {self.time_fn():.3f}")
-            self._sounding[key] = tag
-        elif is_note_off(msg):
-            self._sounding.pop((msg.channel, msg.note), None)
-        self.log.append(Sent(self.time_fn(), msg, tag))
+        before = self.book.restruck
+        self.book.sent(msg, tag)
+        t = self.clock.time_fn()
+        if self.book.restruck != before:
+            self.errors.append(f"note-on for sounding key {(msg.channel, msg.note)} at {t:.3f}")
+        self.log.append(Sent(t, msg, tag))
 
     def cancel(self, tag: Hashable = None) -> None:
-        self._heap = [i for i in self._heap if not (tag is None or i[4] == tag)]
-        heapq.heapify(self._heap)
-        for key in [k for k, t in self._sounding.items() if tag is None or t == tag]:
-            self._send(mido.Message("note_off", channel=key[0], note=key[1]), tag)
+        for msg in self.book.cancel(tag):
+            self._send(msg, tag)
 
     def panic(self) -> None:
-        self.cancel(None)
-        for ch in sorted(self._channels):
-            self._send(mido.Message("control_change", channel=ch, control=123), None)
+        for msg in self.book.panic():
+            self._send(msg, None)
+
+    def heartbeat(self) -> None:
+        pass
 
     def stop(self) -> None:
         self.panic()
         self.closed = True
 
     def sounding(self, tag: Hashable = ...) -> set[tuple[int, int]]:
-        return {k for k, t in self._sounding.items() if tag is ... or t == tag}
+        return self.book.sounding(tag)
 
     def pending(self, tag: Hashable = ...) -> int:
-        return sum(1 for i in self._heap if tag is ... or i[4] == tag)
+        return self.book.pending(tag)
 
     def stats(self) -> SchedulerStats:
         return SchedulerStats(sent=len(self.log), late=0, send_errors=0, callback_drops=0,
-                              pending=len(self._heap), sounding=len(self._sounding),
+                              pending=self.book.pending(), sounding=len(self.book.sounding()),
                               p50_ms=None, p99_ms=None, max_ms=None, realtime=False)
 
 
@@ -149,7 +140,7 @@ def sim_session(engine, library, preset, bpm: float, meter: tuple[int, int] = (4
 
     sim = SimTime()
     clock = Clock(bpm, *meter, time_fn=sim)
-    sched = SimScheduler(sim)
+    sched = SimScheduler(clock)
     s = Session(engine, clock, sched, library, preset, options=SessionOptions(seed=seed))
     s.start(thread=False)
     return s, sim, clock, sched

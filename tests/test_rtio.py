@@ -32,9 +32,9 @@ def link(clock: Clock, tag: str, **config) -> IOLink:
 
 
 def listener(tag: str):
-    from improv.commands.bench import load_bench
+    from bench.trading import Listener
 
-    return load_bench("trading").Listener(f"improv out {tag}", client=f"heard-{tag}")
+    return Listener(f"improv out {tag}", client=f"heard-{tag}")
 
 
 def player(backend: mido.Backend, tag: str):

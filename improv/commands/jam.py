@@ -203,7 +203,7 @@ def build_rig(args: argparse.Namespace, output=None, inbox=None, ports=(), follo
         print(f"improv: {problem} (using the default CC bindings)", file=sys.stderr)
     session = Session(engine, clock, scheduler, library, preset, options=options, inbox=inbox,
                       recorder=recorder, controls=Learner(bindings), ports=tuple(ports),
-                      on_learned=lambda b: _save_quietly(save_bindings, b))
+                      on_learned=lambda b: _save_in_background(save_bindings, b))
     if follower:
         if link is not None:
             from improv.live.iolink import RemoteFollower
@@ -212,6 +212,12 @@ def build_rig(args: argparse.Namespace, output=None, inbox=None, ports=(), follo
         else:
             session.follower = MidiClockFollower(clock)
     return Rig(session, scheduler, clock, engine, recorder)
+
+
+def _save_in_background(save, bindings) -> None:
+    """MIDI learn saves its bindings off the session thread: a slow disk must not hold a note."""
+    threading.Thread(target=_save_quietly, args=(save, bindings), name="improv-save-bindings",
+                     daemon=True).start()
 
 
 def _save_quietly(save, bindings) -> None:

@@ -307,8 +307,7 @@ class MidiInput(_Port):
 
     ``name``: exact name or unique part of one; ``virtual=True`` creates a port
     named 'improv in' (or ``name``, which must contain it). ``channels``: keep only
-    these channels (0-15; system messages always pass). ``thru``: called with each
-    kept message right after it is queued (e.g. an output's send).
+    these channels (0-15; system messages always pass).
     """
 
     kind = "input"
@@ -320,15 +319,12 @@ class MidiInput(_Port):
         backend: mido.Backend | None = None,
         virtual: bool = False,
         channels: Iterable[int] | None = None,
-        thru: Callable[[mido.Message], object] | None = None,
         queue: InputQueue | None = None,
     ) -> None:
         super().__init__(name, backend, virtual)
         self.channels = None if channels is None else frozenset(channels)
-        self.thru = thru
         self.queue = queue if queue is not None else InputQueue()
         self.filtered = 0
-        self.thru_errors = 0
         self.reopen()
 
     def _open(self, args: dict):
@@ -341,19 +337,13 @@ class MidiInput(_Port):
             self.filtered += 1
             return
         self.queue.put(t, msg)
-        if self.thru is not None:
-            try:
-                self.thru(msg)
-            except Exception:  # a thru failure must not break input
-                self.thru_errors += 1
 
 
 class MidiOutput(_Port):
     """An output port with ``send(msg)``; safe to send from several threads.
 
-    ``channel``: send every channel message on this channel (0-15). ``program``:
-    a program change sent on open (on ``channel``, default 0). While the port is
-    gone, messages are counted in ``lost`` instead of raising.
+    While the port is gone, messages are counted in ``lost`` instead of raising.
+    (Channel and program belong to the preset: the session sets them on the messages.)
     """
 
     kind = "output"
@@ -364,31 +354,15 @@ class MidiOutput(_Port):
         *,
         backend: mido.Backend | None = None,
         virtual: bool = False,
-        channel: int | None = None,
-        program: int | None = None,
     ) -> None:
-        if channel is not None and not 0 <= channel <= 15:
-            raise PortError(f"output channel {channel} is out of range; use 0-15 (MIDI 1-16)")
-        if program is not None and not 0 <= program <= 127:
-            raise PortError(f"program {program} is out of range; use 0-127")
         super().__init__(name, backend, virtual)
-        self.channel = channel
-        self.program = program
         self.lost = 0
         self.reopen()
 
     def _open(self, args: dict):
         return self.backend.open_output(**args)
 
-    def reopen(self) -> None:
-        super().reopen()
-        if self.program is not None:
-            channel = self.channel or 0
-            self.send(mido.Message("program_change", channel=channel, program=self.program))
-
     def send(self, msg: mido.Message) -> None:
-        if self.channel is not None and hasattr(msg, "channel") and msg.channel != self.channel:
-            msg = msg.copy(channel=self.channel)
         with self._lock:
             if self._port is None:
                 self.lost += 1

@@ -4,8 +4,8 @@ This module owns the session file. While a session runs, every event goes to an
 append-only journal next to the target (``NAME.mid.partial``), one text line per event,
 written by a background thread: flushed whenever the queue runs dry or 0.5 s have passed,
 and fsync'd about once a second. So a crash or a power cut loses at most the last second,
-and callers (the engine and scheduler threads) never wait for the disk: they only put a
-tuple on a queue.
+and callers (the session thread, the thread that reports what the I/O process sent)
+never wait for the disk: they only put a tuple on a queue.
 
 ``close()`` turns the journal into a format-1 MIDI file (tempo/meter track, "human",
 "machine") and deletes the journal. After a crash, ``improv recover NAME.mid.partial``
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import mido
 
-TICKS_PER_QUARTER = 24  # the live path's grid (improv.core.tokens.TICKS_PER_QUARTER)
+from improv.core.grid import TICKS_PER_QUARTER
+
 FILE_TICKS_PER_BEAT = 480
 FLUSH_EVERY_S = 0.5
 FSYNC_EVERY_S = 1.0

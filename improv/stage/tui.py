@@ -183,7 +183,7 @@ class ImprovApp(App):
             presets = presets.names()
         self.preset_names: tuple[str, ...] = tuple(presets or ())
         self.list_ports = list_ports
-        self.poll_hz = min(float(poll_hz), 30.0)  # never faster: the session publishes ~30 Hz
+        self.poll_hz = min(float(poll_hz), 30.0)  # faster is wasted: snapshots come at 20 Hz
         self.terminal_logs = TerminalLogs()
 
     def compose(self) -> ComposeResult:

@@ -33,6 +33,24 @@ def heard(port_part: str):
     return Listener(port_part, client="e2e-heard")
 
 
+def connect(tag: str):
+    """(what the jam plays, an output into the jam) once its ports appear; None after 20 s."""
+    be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+
+    def find(names, part):
+        return next((n for n in names() if part in n), None)
+
+    deadline = time.monotonic() + 20
+    while not (find(be.get_input_names, f"improv out {tag}")
+               and find(be.get_output_names, f"improv in {tag}")):
+        if time.monotonic() > deadline:
+            print("the jam's ports never appeared", file=sys.stderr)
+            return None
+        time.sleep(0.05)
+    return heard(f"improv out {tag}"), be.open_output(find(be.get_output_names,
+                                                          f"improv in {tag}"))
+
+
 def _bytes(inp) -> list[tuple[float, list[int]]]:
     return [(t, m.bytes()) for t, m in inp.copy()]
 
@@ -48,20 +66,10 @@ def _sounding(got) -> set[int]:
 
 
 def main(tag: str, jam_pid: int, out_path: str, how: str = "TERM") -> int:
-    be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
-
-    def find(names, part):
-        return next((n for n in names() if part in n), None)
-
-    deadline = time.monotonic() + 20
-    while not (find(be.get_input_names, f"improv out {tag}")
-               and find(be.get_output_names, f"improv in {tag}")):
-        if time.monotonic() > deadline:
-            print("the jam's ports never appeared", file=sys.stderr)
-            return 2
-        time.sleep(0.05)
-    inp = heard(f"improv out {tag}")
-    out = be.open_output(find(be.get_output_names, f"improv in {tag}"))
+    ports = connect(tag)
+    if ports is None:
+        return 2
+    inp, out = ports
     result = {"heard_start": False, "answered": False}
     try:
         deadline = time.monotonic() + 10

@@ -31,30 +31,43 @@ def wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.jack
-def test_jam_answers_on_the_beat_and_ends_every_note(jack_backend, tiny_model_dir, tmp_path):
-    tag = f"e2e{os.getpid()}"
-    cmd = [
-        sys.executable, "-m", "improv", "jam", "--no-tui", "--backend", "jack", "--virtual",
-        "--in", f"improv in {tag}", "--out", f"improv out {tag}", "--model", str(tiny_model_dir),
-        "--bpm", str(BPM), "--seconds", "40", "--seed", "3", "--clock-out",
-        "--record", str(tmp_path / "set.mid"),
-        "--set", "silence_beats=1", "--set", "response_bars=2", "--set", "humanize_ms=0",
-        "--set", "swing=0", "--set", "response_start=beat", "--set", "density=0.5",
-    ]
+def jam_command(tag: str, model_dir, *extra: str) -> list[str]:
+    """`improv jam` on JACK virtual ports named after ``tag``, sending its MIDI clock."""
+    return [sys.executable, "-m", "improv", "jam", "--no-tui", "--backend", "jack", "--virtual",
+            "--in", f"improv in {tag}", "--out", f"improv out {tag}", "--model", str(model_dir),
+            "--bpm", str(BPM), "--seconds", "40", "--seed", "3", "--clock-out", *extra]
+
+
+def start_jam(cmd: list[str]):
+    """The jam's process and its output lines as they come, once it printed its first state."""
     env = dict(os.environ, JACK_NO_START_SERVER="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
-    player = None
+    # The player's JACK clients start once the jam's ports are up: JACK clients opening
+    # and closing while the jam's input client starts can leave that client never
+    # scheduled (a known fault of the shared server, tracked with the stage faults).
     try:
-        # The player's JACK clients start once the jam's ports are up: JACK clients opening
-        # and closing while the jam's input client starts can leave that client never
-        # scheduled (a known fault of the shared server, tracked with the stage faults).
         wait_for(lambda: any("state:" in x for x in lines) or proc.poll() is not None, 30,
                  "the jam's first state line")
+    except AssertionError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, lines, reader, env
+
+
+@pytest.mark.jack
+def test_jam_answers_on_the_beat_and_ends_every_note(jack_backend, tiny_model_dir, tmp_path):
+    tag = f"e2e{os.getpid()}"
+    proc, lines, reader, env = start_jam(jam_command(
+        tag, tiny_model_dir, "--record", str(tmp_path / "set.mid"),
+        "--set", "silence_beats=1", "--set", "response_bars=2", "--set", "humanize_ms=0",
+        "--set", "swing=0", "--set", "response_start=beat", "--set", "density=0.5"))
+    player = None
+    try:
         player = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("jack_player.py")), tag,
              str(proc.pid), str(tmp_path / "heard.json")], env=env, stdout=subprocess.PIPE,
@@ -104,23 +117,12 @@ def test_killing_the_session_mid_answer_ends_every_note_within_300_ms(
     """SIGKILL to `improv jam` (the session process) while the answer sounds: its real-time
     I/O process sees the pipe close, ends every sounding note and says so."""
     tag = f"kill{os.getpid()}"
-    cmd = [
-        sys.executable, "-m", "improv", "jam", "--no-tui", "--backend", "jack", "--virtual",
-        "--in", f"improv in {tag}", "--out", f"improv out {tag}", "--model", str(tiny_model_dir),
-        "--bpm", str(BPM), "--seconds", "40", "--seed", "3", "--clock-out", "--no-record",
+    proc, lines, reader, env = start_jam(jam_command(
+        tag, tiny_model_dir, "--no-record",
         "--set", "silence_beats=1", "--set", "response_bars=4", "--set", "humanize_ms=0",
-        "--set", "response_start=beat", "--set", "density=0.9", "--set", "mode=overlap",
-    ]
-    env = dict(os.environ, JACK_NO_START_SERVER="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+        "--set", "response_start=beat", "--set", "density=0.9", "--set", "mode=overlap"))
     player = None
     try:
-        wait_for(lambda: any("state:" in x for x in lines) or proc.poll() is not None, 30,
-                 "the jam's first state line")
         player = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("jack_player.py")), tag,
              str(proc.pid), str(tmp_path / "heard.json"), "KILL"], env=env,

@@ -17,7 +17,7 @@ import sys
 import time
 
 import mido
-from jack_player import _bytes, heard  # same folder: run as a script, the folder is on the path
+from jack_player import _bytes, connect  # same folder: run as a script, the folder is on the path
 
 KILL_AFTER = 1.0  # seconds into the answer (of 4 s): notes before and after to compare
 QUIET = 2.5  # seconds without a note event: the answer is over
@@ -28,20 +28,10 @@ def notes(inp) -> list[tuple[float, list[int]]]:
 
 
 def main(tag: str, jam_pid: int, ui_pid: int, out_path: str) -> int:
-    be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
-
-    def find(names, part):
-        return next((n for n in names() if part in n), None)
-
-    deadline = time.monotonic() + 20
-    while not (find(be.get_input_names, f"improv out {tag}")
-               and find(be.get_output_names, f"improv in {tag}")):
-        if time.monotonic() > deadline:
-            print("the jam's ports never appeared", file=sys.stderr)
-            return 2
-        time.sleep(0.05)
-    inp = heard(f"improv out {tag}")
-    out = be.open_output(find(be.get_output_names, f"improv in {tag}"))
+    ports = connect(tag)
+    if ports is None:
+        return 2
+    inp, out = ports
     result: dict = {"killed": None}
     try:
         deadline = time.monotonic() + 10

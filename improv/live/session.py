@@ -156,10 +156,6 @@ class Session:
             self._thread.join(timeout=2.0)
         self.scheduler.panic()
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -169,15 +165,19 @@ class Session:
         self.inbox.put(self.clock.time_fn() if t is None else t, msg)
 
     def send(self, intent: Intent) -> None:
+        """A UI's intent, applied on the session thread between two model steps."""
         self._intents.put_nowait(intent)
 
     def snapshot(self) -> Snapshot:
+        """The latest published state (20 Hz); one reference, never a lock."""
         return self.out.snapshot
 
     def drain_log(self) -> list[str]:
+        """The lines said since the last call, oldest first."""
         return self.out.drain()
 
     def say(self, line: str) -> None:
+        """One line for the log, the headless printer and every attached UI."""
         self.out.say(line)
 
     @property
@@ -189,6 +189,7 @@ class Session:
         self.port_panel.set(view)
 
     def now_tick(self) -> float:
+        """Now, in stream ticks."""
         return self.clock.now_tick() + self.offset
 
     def clock_tick(self, tick: float) -> float:

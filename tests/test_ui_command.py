@@ -4,23 +4,20 @@ away, no jam at all, and a UI process that dies or hangs while the set plays on.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import pty
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 from dataclasses import replace
 
 import pytest
 
+from bench.terminal import Pty
 from improv.commands import jam_ui
 from improv.commands.ui import main as ui_main
 from improv.live.api_server import ApiServer
@@ -66,27 +63,16 @@ class Term:
     """`improv ui ARGS` under an 80x24 pseudo-terminal, its output drained."""
 
     def __init__(self, *args: str) -> None:
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        self.master, self.out = master, bytearray()
-        self.proc = subprocess.Popen([sys.executable, "-m", "improv", "ui", *args], stdin=slave,
-                                     stdout=slave, stderr=slave, start_new_session=True,
+        self.pty = Pty(80, 24)
+        self.proc = subprocess.Popen([sys.executable, "-m", "improv", "ui", *args],
+                                     stdin=self.pty.slave, stdout=self.pty.slave,
+                                     stderr=self.pty.slave, start_new_session=True,
                                      env=dict(os.environ, TERM="xterm-256color"))
-        os.close(slave)
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.out.extend(data)
+        self.pty.close_slave()
+        self.master = self.pty.master
 
     def text(self) -> str:
-        return bytes(self.out).decode(errors="replace")
+        return self.pty.text()
 
     def wait(self, timeout: float = 30) -> int:
         try:

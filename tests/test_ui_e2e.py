@@ -6,24 +6,21 @@ without a UI."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
-import threading
 import time
 from pathlib import Path
 
 import mido
 import pytest
+
+from bench.terminal import Pty
 
 BPM = 120.0
 TICK_S = 60.0 / BPM / 24  # one MIDI clock pulse; every machine note sits on a tick
@@ -51,29 +48,6 @@ def children(pid: int) -> list[tuple[int, str]]:
         except OSError:
             pass
     return out
-
-
-class Pty:
-    """A pseudo-terminal of the given size, its output drained (a full one would block)."""
-
-    def __init__(self, cols: int, rows: int) -> None:
-        self.master, self.slave = pty.openpty()
-        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        self.out = bytearray()
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.out.extend(data)
-
-    def text(self) -> str:
-        return bytes(self.out).decode(errors="replace")
 
 
 def grid_errors(events, pulses) -> list[float]:

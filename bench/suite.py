@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import (
+    BAR_DECODE_RATIO,
+    BAR_FOLLOW_MS,
     BAR_HANDOVER_MS,
+    BAR_ISO_ARRIVAL_MS,
+    BAR_ISO_SEND_MS,
     BAR_LATE_MS,
     BAR_RATIO,
     BAR_TRADING_MS,
@@ -182,3 +186,85 @@ class Suite:
         r["configs"] = {"answer_on_line": summarize(late)}
         r["bar_ok"] = r["on_line"] == r["trades"] and not r["stuck_notes"]
         return r
+
+    # --- issue 11: real-time isolation ---------------------------------------------------------
+
+    def isolation(self) -> dict:
+        """A real jam with its UI at 160x48 during dense answers: I/O process + CPU hog,
+        --in-process + CPU hog, I/O process without the hog; the decode step in each jam
+        next to bench/decode.py's figure for the same model, measured first in this run."""
+        iso = load_bench("isolation")
+        seconds = self.args.iso_seconds
+        dec = iso.isolated_decode(self.model, self.n(500, 3000))
+        configs = {"decode_isolated_roll": {k: dec["roll"][k] for k in
+                                            ("median_ms", "p99_ms", "p999_ms", "max_ms",
+                                             "mean_ms", "steps")},
+                   "decode_isolated_fill50": {k: dec["fill50"][k] for k in
+                                              ("median_ms", "p99_ms", "p999_ms", "max_ms",
+                                               "mean_ms", "steps")}}
+        iso_ms = configs["decode_isolated_roll"]["median_ms"]
+        log(f"  decode step alone (bench/decode.py, 1 thread): median {iso_ms:.3f} ms (roll), "
+            f"{configs['decode_isolated_fill50']['median_ms']:.3f} ms (fill 50%)")
+        out: dict = {"configs": configs, "seconds": seconds, "runs": {}, "skipped": {}}
+        for name, in_process, hog in (("io_ui_hog", False, True), ("inproc_ui_hog", True, True),
+                                      ("io_ui", False, False)):
+            log(f"  {name}: {seconds:g} s of calls and dense answers")
+            try:
+                r = iso.isolation_run(self.model, seconds, in_process=in_process, hog=hog,
+                                      log=log)
+            except Exception as e:  # one jam that cannot run must not lose the others
+                out["skipped"][name] = f"{type(e).__name__}: {e}"
+                log(f"    failed: {out['skipped'][name]}")
+                continue
+            arr = summarize(r["arrival_ms"])
+            configs[f"{name}/arrival"] = arr
+            self.samples[f"isolation {name}: arrival - deadline"] = r["arrival_ms"]
+            lat = r["jam_latency"]
+            send = lat.get("schedule_p99_ms")
+            dmed = lat.get("decode_median_ms")
+            run = {k: r[k] for k in ("notes", "messages", "late_here", "answers", "in_process",
+                                     "hog_cpu", "ui", "ui_latency_mentions", "exit_code",
+                                     "pulses", "stuck_notes", "double_strikes",
+                                     "unpaired_note_ons", "jam_restarts")}
+            run.update(jam_latency=lat, pulse_p99_ms=float(np.percentile(r["pulse_ms"], 99)),
+                       decode_ratio=None if dmed is None else dmed / iso_ms,
+                       bar_arrival_ok=arr["p99_ms"] <= BAR_ISO_ARRIVAL_MS,
+                       bar_send_ok=send is not None and send <= BAR_ISO_SEND_MS,
+                       bar_decode_ok=dmed is not None and dmed <= BAR_DECODE_RATIO * iso_ms)
+            out["runs"][name] = run
+            log(f"    arrival - deadline p50 {arr['median_ms']:.3f} p99 {arr['p99_ms']:.3f} "
+                f"max {arr['max_ms']:.3f} ms over {arr['n']} messages; jam: send p99 "
+                f"{send} ms, late {lat.get('late')}, decode median {dmed} ms")
+        if not out["runs"]:
+            raise BenchError("no isolation jam ran: " + "; ".join(out["skipped"].values()))
+        return out
+
+    def clock_follow(self) -> dict:
+        """`improv jam --clock midi` following a +-1 ms jittered master, and jack_midi_clock."""
+        iso = load_bench("isolation")
+        seconds = self.args.iso_seconds
+        out: dict = {"configs": {}, "seconds": seconds, "runs": {}, "skipped": {}}
+        for name in ("jitter", "jack_midi_clock"):
+            log(f"  following {name}: {seconds:g} s of calls and dense answers")
+            try:
+                r = iso.follow_run(self.model, seconds, master=name, log=log)
+            except Exception as e:
+                out["skipped"][name] = f"{type(e).__name__}: {e}"
+                log(f"    failed: {out['skipped'][name]}")
+                continue
+            off = summarize(r["offset_ms"])
+            out["configs"][f"{name}/offset"] = off
+            self.samples[f"clock follow {name}: note - master grid"] = r["offset_ms"]
+            run = {k: v for k, v in r.items() if k not in ("offset_ms",
+                                                            "master_send_minus_ideal_ms")}
+            if "master_send_minus_ideal_ms" in r:
+                out["configs"]["jitter/master_send_minus_ideal"] = summarize(
+                    r["master_send_minus_ideal_ms"])
+                run["master_send_min_ms"] = float(r["master_send_minus_ideal_ms"].min())
+            run["bar_ok"] = off["p99_ms"] <= BAR_FOLLOW_MS
+            out["runs"][name] = run
+            log(f"    note - master grid p50 {off['median_ms']:.3f} p99 {off['p99_ms']:.3f} "
+                f"max {off['max_ms']:.3f} ms over {off['n']} messages")
+        if not out["runs"]:
+            raise BenchError("no clock-follow jam ran: " + "; ".join(out["skipped"].values()))
+        return out

@@ -424,3 +424,105 @@ def test_session_records_note_in_to_tokens_fed(tiny_model_dir):
     s.tick_once(0.0)
     assert len(s.ingest_ms) == 2
     assert s.ingest_ms[0] == pytest.approx(4.0) and s.ingest_ms[1] == pytest.approx(0.0)
+
+
+# --- issue 11: isolation and clock-follow analysis ---------------------------------------------
+
+
+def test_grid_offsets_take_the_tick_at_or_before_so_a_very_late_note_stays_late():
+    iso = bm.load_bench("isolation")
+    origin = 5.0
+    ticks = [3, 10, 11, 40]
+    late_s = [0.0004, -0.001, 0.015, 0.0013]  # one 1 ms early, one 15 ms late (> half a tick)
+    arrivals = [origin + k * TICK + d for k, d in zip(ticks, late_s, strict=True)]
+    off = iso.grid_offsets(arrivals, origin, TICK)
+    assert off == pytest.approx(late_s, abs=1e-9)
+    # nearest-tick rounding would have called the 15 ms late note 5.8 ms early
+    assert round((arrivals[2] - origin) / TICK) == 12
+
+
+def test_grid_origin_from_earliest_or_latest_pulse_arrivals():
+    iso = bm.load_bench("isolation")
+    rng = np.random.default_rng(0)
+    period = 64 / 48000
+    ideal = 3.0 + np.arange(2000) * TICK
+    heard = np.delete(ideal + rng.uniform(0, period, ideal.size), 700)  # one pulse lost
+    origin = iso.fit_origin(heard, heard[0], TICK, 0.5)
+    assert origin == pytest.approx(3.0, abs=0.05e-3)  # the send grid, not a period late
+    assert iso.fit_origin(heard, heard[0], TICK, 50) == pytest.approx(3.0 + period / 2,
+                                                                      abs=0.1e-3)
+    # stamped up to a period early (sample-accurate pulses): the latest arrivals
+    early = ideal - rng.uniform(0, period, ideal.size)
+    assert iso.fit_origin(early, early[0], TICK, 99.5) == pytest.approx(3.0, abs=0.05e-3)
+    with pytest.raises(bm.load_bench("live").LiveError):
+        iso.fit_origin([], 0.0, TICK, 0.5)
+
+
+def test_a_master_slower_than_its_nominal_tempo_is_followed_by_a_local_grid():
+    iso = bm.load_bench("isolation")
+    tick = TICK * 1.024  # JACK's dummy driver ran 2.4% slow against the system clock
+    pulses = 1.0 + np.arange(600) * tick
+    a, b = iso.fit_line(pulses, TICK)
+    assert a == pytest.approx(1.0) and b == pytest.approx(tick)
+    notes = 1.0 + np.array([100, 300, 550]) * tick + np.array([0.0002, 0.0011, 0.0007])
+    rng = np.random.default_rng(1)
+    period = 64 / 48000
+    heard = pulses - rng.uniform(0, period, pulses.size)  # stamped up to a period early
+    heard[298] += 0.007  # one pulse a late JACK cycle held back 7 ms, next to a note
+    off, spread = iso.local_grid_offsets(notes, heard, TICK)
+    assert off == pytest.approx([0.2, 1.1, 0.7], abs=0.2)  # not wrapped a tick round
+    assert spread[1] > 7.0 and spread[0] < 1.5
+    # the nominal grid would drift by 2.4% of the time since the origin
+    assert abs(iso.grid_offsets(notes[-1:], 1.0, TICK)[0] * 1e3 - 0.7) > 1.0
+
+
+def test_jittered_pulses_stay_within_the_jitter_and_repeat_with_the_seed():
+    iso = bm.load_bench("isolation")
+    plan = iso.jittered_pulses(2.0, TICK, 500, 0.001, seed=3)
+    ideal = np.array([i for i, _ in plan])
+    at = np.array([t for _, t in plan])
+    assert ideal == pytest.approx(2.0 + np.arange(500) * TICK)
+    assert np.abs(at - ideal).max() <= 0.001 and np.abs(at - ideal).max() > 0.0009
+    assert abs(np.mean(at - ideal)) < 0.0001
+    assert plan == iso.jittered_pulses(2.0, TICK, 500, 0.001, seed=3)
+    assert iso.latency_of({"latency": {"schedule_p99_ms": 0.2}}) == {"schedule_p99_ms": 0.2}
+    assert iso.latency_of(None) == {}
+
+
+def test_markdown_has_the_isolation_and_clock_follow_rows_with_their_bars():
+    res = sample_result()
+    dist = bm.summarize([0.4, 0.6, 1.5])
+    res["benchmarks"]["isolation"] = {
+        "seconds": 60, "configs": {"io_ui_hog/arrival": dist,
+                                   "decode_isolated_roll": dist, "decode_isolated_fill50": dist},
+        "runs": {"io_ui_hog": {
+            "jam_latency": {"schedule_p99_ms": 0.6, "decode_median_ms": 0.9, "late": 0},
+            "bar_arrival_ok": True, "bar_send_ok": False, "bar_decode_ok": True,
+            "decode_ratio": 1.2, "late_here": 0, "notes": 100, "answers": 5,
+            "stuck_notes": [], "double_strikes": 0}}}
+    res["benchmarks"]["clock_follow"] = {
+        "seconds": 60, "configs": {"jitter/offset": dist,
+                                   "jitter/master_send_minus_ideal": dist},
+        "runs": {"jitter": {"bar_ok": False, "jitter_ms": 1.0, "master_send_min_ms": -1.0}}}
+    md = bm.markdown(res)
+    assert ("| isolation: answer arrival at JACK - deadline (I/O process, UI 160x48, CPU hog, "
+            "dense answers) |") in md
+    assert "p99 <= 2 ms: True; send p99 0.600 ms <= 0.5 ms: False |" in md
+    assert "decode median 0.900 ms (1.20x alone; bar <= 1.5x: True)" in md
+    assert "keys left down 0, double strikes 0" in md
+    assert "(a master with +-1 ms uniform jitter per pulse) |" in md
+    assert "p99 <= 1.5 ms: False |" in md
+    assert "--in-process" not in md  # a run that did not happen has no row
+    assert bm.validate(res) == []
+
+
+def test_key_faults_hear_the_notes_as_a_synth_does():
+    import mido
+
+    iso = bm.load_bench("isolation")
+    on = lambda n: (0.0, mido.Message("note_on", note=n, velocity=80))  # noqa: E731
+    off = lambda n: (0.0, mido.Message("note_off", note=n))  # noqa: E731
+    zero = (0.0, mido.Message("note_on", note=64, velocity=0))
+    msgs = [on(60), on(60), off(60), on(62), on(64), zero, (0.0, mido.Message("clock"))]
+    assert iso.key_faults(msgs) == ([(0, 62)], 1)  # 60 struck twice, ended by one note-off
+    assert bm.load_bench("trading").stuck_notes(msgs) == [(0, 60), (0, 62)]

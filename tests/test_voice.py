@@ -17,6 +17,10 @@ class Feel:
     humanize_ms: float = 0.0
     channel: int = 2
 
+    @property
+    def midi_channel(self) -> int:
+        return self.channel - 1
+
     def shape_velocity(self, v: int) -> int:
         return v
 
@@ -30,7 +34,7 @@ class Log:
 
 
 def answer() -> Answer:
-    return Answer(0, 96, 0.0, 0, None, {}, 0, None, {}, 0)
+    return Answer(start_tick=0, end_tick=96, start=None, call=None, call_start=0)
 
 
 def test_deadlines_are_clock_ticks_with_the_stream_offset_taken_off():
@@ -59,3 +63,17 @@ def test_humanize_is_milliseconds_at_the_current_tempo_and_an_off_follows_its_on
         assert off_tick >= on_tick + MIN_NOTE_TICKS - 1e-12
     sd = (sum(s * s for s in shifts) / len(shifts)) ** 0.5
     assert sd == pytest.approx(0.020 / 0.020, rel=0.3)  # sigma 20 ms = 1 tick at 125 BPM
+
+
+def test_a_key_struck_again_while_it_sounds_is_ended_first():
+    """The stream may close a machine note itself (the player struck its key in overlap
+    mode): a new strike of that key sends the missing note-off before it, never a second on."""
+    log = Log()
+    voice = Voice(log, Clock(120.0), seed=1)
+    a = answer()
+    voice.note_on(a, 60, 0, 80, Feel())
+    voice.note_on(a, 60, 12, 80, Feel())
+    kinds = [(m.type, tick) for m, tick, _ in log.items]
+    assert kinds == [("note_on", 0), ("note_off", 12), ("note_on", 12)]
+    voice.note_off(a, 60, 24, Feel())
+    assert [m.type for m, _, _ in log.items].count("note_off") == 2

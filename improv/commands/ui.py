@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     remote.wait_first(3.0)  # the first frame shows the jam, not defaults
     from improv.stage.tui import ImprovApp
 
+    _yield_to_the_set()
     app = ImprovApp(remote, presets=remote.snapshot().presets, quit_ends_set=args.owner)
     try:
         app.run()
@@ -61,3 +62,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _yield_to_the_set() -> None:
+    """The UI is never on the timing path: on a machine with few cores its redraws give way
+    to the session (the model) and the I/O process, not the other way round."""
+    try:
+        os.nice(10)
+    except (AttributeError, OSError):  # Windows has no nice(); a refusal changes nothing
+        pass

@@ -91,8 +91,11 @@ class Voice:
         """Schedule a note-on; returns its time as bound now (seconds, for reports)."""
         deadline = max(self.deadline(tick, preset, humanize=True),
                        answer.last_off.get(pitch, float("-inf")))
+        if pitch in answer.sounding:  # struck again while sounding (a player's note closed
+            self.note_off(answer, pitch, tick, preset)  # it in the stream): off, then on
+            deadline = max(deadline, answer.last_off[pitch])
         answer.sounding[pitch] = deadline
-        msg = mido.Message("note_on", channel=preset.channel - 1, note=pitch,
+        msg = mido.Message("note_on", channel=preset.midi_channel, note=pitch,
                            velocity=preset.shape_velocity(velocity))
         self.scheduler.schedule(msg, deadline, tag=RESPONSE)
         return self.clock.tick_to_time(deadline)
@@ -103,5 +106,5 @@ class Voice:
             return
         deadline = max(self.deadline(tick, preset), on + MIN_NOTE_TICKS)
         answer.last_off[pitch] = deadline
-        msg = mido.Message("note_off", channel=preset.channel - 1, note=pitch, velocity=0)
+        msg = mido.Message("note_off", channel=preset.midi_channel, note=pitch, velocity=0)
         self.scheduler.schedule(msg, deadline, tag=RESPONSE)

@@ -350,7 +350,7 @@ class ClockSender:
     ``stop()`` sends Stop. Pulses keep going while stopped so a slave can lock.
     """
 
-    SPIN = 0.0015
+    SPIN = 0.0005  # as the scheduler's: a short spin after a real-time wait
 
     def __init__(
         self, clock: Clock, send: Callable[[mido.Message], object], *, realtime: bool = True

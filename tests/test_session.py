@@ -325,3 +325,18 @@ def test_a_live_knob_out_of_range_is_refused_with_the_registry_words(tiny_model_
         knobs.check(name, value)
     assert s.drain_log() == [str(e.value)]
     assert s.controls.value(name) == before
+
+
+def test_the_latency_line_reports_ingest_and_what_the_input_dropped(tiny_model_dir, library):
+    from improv.commands.jam import latency_line
+
+    s, sim, clock, sched = make_session(tiny_model_dir, library)
+    s.start(thread=False)
+    s.submit(mido.Message("note_on", note=60, velocity=80), t=sim() - 0.003)
+    s.inbox.dropped = 7  # as a flood would leave it
+    s.tick_once(0.0)
+    s.publish(force=True)
+    lat = s.snapshot().latency
+    assert lat.ingest_median_ms == pytest.approx(3.0) and lat.dropped == 7
+    line = latency_line(s.snapshot())
+    assert "note in -> fed median 3.00 ms" in line and "dropped 7" in line

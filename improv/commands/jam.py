@@ -262,7 +262,8 @@ def latency_line(snap) -> str:
 
     return (f"latency: decode median {f(lat.decode_median_ms)} ms, p99 {f(lat.decode_p99_ms)} ms; "
             f"schedule p99 {f(lat.schedule_p99_ms)} ms; late {lat.late}; "
-            f"tokens/s {f(lat.tokens_per_s)}")
+            f"note in -> fed median {f(lat.ingest_median_ms)} ms, p99 {f(lat.ingest_p99_ms)} ms; "
+            f"dropped {lat.dropped}; tokens/s {f(lat.tokens_per_s)}")
 
 
 # --- command ------------------------------------------------------------------------------------

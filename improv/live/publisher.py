@@ -86,6 +86,8 @@ class Publisher:
                 decode_p99_ms=es.p99_ms if es.steps else None,
                 schedule_p99_ms=ss.p99_ms,
                 tokens_per_s=es.tokens_per_s or None,
+                ingest_median_ms=_pct(session.ingest_ms, 50),
+                ingest_p99_ms=_pct(session.ingest_ms, 99),
                 late=ss.late,
                 dropped=getattr(session.inbox, "dropped", 0),
             ),
@@ -94,6 +96,12 @@ class Publisher:
             bindings=learner.bindings.ccs() if learner is not None else {},
             recording=str(getattr(session.recorder, "path", "")) or None,
         )
+
+
+def _pct(values, q: float) -> float | None:
+    """The q-th percentile of the recent figures, None before the first."""
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, int(q / 100 * len(xs)))] if xs else None
 
 
 __all__ = ["Publisher", "SNAPSHOT_EVERY", "State"]

@@ -71,6 +71,8 @@ class Latency:
     decode_p99_ms: float | None = None
     schedule_p99_ms: float | None = None
     tokens_per_s: float | None = None
+    ingest_median_ms: float | None = None  # a played note's stamp -> its tokens in the model
+    ingest_p99_ms: float | None = None
     late: int = 0
     dropped: int = 0
 

@@ -65,6 +65,7 @@ class SessionOptions:
     thru: bool = False  # pass the player's notes to the output
     pedal_ccs: tuple[int, ...] = ()  # extra end-of-call pedals besides the preset's
     control_channel: int | None = None  # program change / notes here switch presets (0-15)
+    program_change: bool = False  # program changes switch presets only when this is on
 
 
 class Session:

@@ -176,7 +176,7 @@ def test_a_keyboard_unplugged_and_back_is_reported_to_the_session(jack_backend):
     events: list[tuple[str, str]] = []
     io = IOLink(Clock(120.0), dict(backend="jack", inp=f"keys {tag}", out=f"improv out {tag}",
                                    virtual_in=False, virtual_out=True), hang_s=None)
-    io.on_port = lambda event, name: events.append((event, name))
+    io.on_port = lambda event, name, role: events.append((event, name))
     try:
         keyboard.send(mido.Message("note_on", note=62, velocity=60))
         item = io.inbox.get(timeout=5.0)

@@ -352,7 +352,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f"improv: listening on '{link.in_name}', playing to '{link.out_name}'",
                   file=sys.stderr)
             rig.session.port_panel.selector = lambda role, name: select_io_port(rig, role, name)
-            link.on_port = lambda event, name: _port_event(rig, event, name)
+            link.on_port = lambda event, name, role: _port_event(rig, event, name, role)
+            if link.in_heard is False:
+                rig.session.say(f"input {link.in_name}: its self-test heard nothing after 3 "
+                                "opens; check the MIDI server (JACK: jack_lsp)")
         else:
             rig = _in_process_rig(args)
 
@@ -391,10 +394,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return 0
 
 
-def _port_event(rig: Rig, event: str, name: str) -> None:
-    """The input port went away ('lost') or came back ('back')."""
-    rig.session.set_port(PortView("in", name, event == "back", False))
-    rig.session.say(f"input {name}: {'unplugged, waiting for it' if event == 'lost' else 'back'}")
+_PORT_EVENTS = {
+    "lost": "{role} {name}: unplugged, waiting for it",
+    "back": "{role} {name}: back, reconnected",
+    "deaf": "{role} {name}: heard nothing (not even its probe): reopened",
+    "echo": "feedback loop: improv's output comes back into its input; its echo is "
+            "ignored (unpatch the loop or the DAW's MIDI thru)",
+}
+
+
+def _port_event(rig: Rig, event: str, name: str, role: str = "in") -> None:
+    """A port went away ('lost'), came back ('back') or was reopened ('deaf'); 'echo': our
+    output comes back in. Said on screen and in the log."""
+    if event in ("lost", "back"):
+        rig.session.set_port(PortView(role, name, event == "back", False))
+    line = _PORT_EVENTS.get(event, "{role} {name}: " + event)
+    rig.session.say(line.format(role="input" if role == "in" else "output", name=name))
 
 
 def _in_process_rig(args: argparse.Namespace) -> Rig:

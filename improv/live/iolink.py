@@ -29,7 +29,8 @@ from collections.abc import Callable, Hashable
 import mido
 
 from improv.live.clock import Clock
-from improv.live.ports import InputQueue, PortError
+from improv.live.input_queue import InputQueue
+from improv.live.ports import PortError
 from improv.live.scheduler import SchedulerStats
 
 HEARTBEAT_EVERY = 0.05  # seconds between heartbeats (the watchdog waits 200 ms)
@@ -63,7 +64,8 @@ class IOLink:
         self._latency_ms = float(config.get("latency_ms", 0.0) or 0.0)
         self.on_sent = on_sent
         self.on_lost = on_lost
-        self.on_port: Callable[[str, str], object] | None = None  # input 'lost' / 'back', name
+        # (event, name, role): a port 'lost' / 'back' / 'deaf' (reopened), or 'echo'
+        self.on_port: Callable[[str, str, str], object] | None = None
         self.hang_s = hang_s
         self.inbox = InputQueue()
         self._stats = SchedulerStats(0, 0, 0, 0, 0, 0, False, None, None, None)
@@ -89,7 +91,7 @@ class IOLink:
         if first[0] != "ready":
             self.process.join(timeout=5)
             raise PortError(first[1] if len(first) > 1 else "the MIDI I/O process failed")
-        _, self.in_name, self.out_name, self.in_virtual, self.out_virtual = first
+        _, self.in_name, self.out_name, self.in_virtual, self.out_virtual, self.in_heard = first
         self._unsubscribe = (lambda: None) if self.follow else clock.on_change(self._push_mapping)
         self._reader = threading.Thread(target=self._read, name="improv-io-reader", daemon=True)
         self._reader.start()
@@ -196,7 +198,7 @@ class IOLink:
             elif kind == "w":
                 if self.on_port is not None:
                     try:
-                        self.on_port(item[1], item[2])
+                        self.on_port(item[1], item[2], item[3])
                     except Exception:
                         pass
             elif kind == "bye":

@@ -7,12 +7,13 @@ This module owns the edge between the MIDI system and improv:
 * opening an input or output by exact name or unique case-insensitive part of a
   name, or as a virtual port ('improv in' / 'improv out'); every way this can
   fail is a :class:`PortError` whose message lists the ports and says what to do;
-* :class:`MidiInput`: the rtmidi callback only timestamps (:func:`improv.live.clock.now`)
-  and enqueues into an :class:`InputQueue`, which stays bounded under a flood by
-  dropping other messages first and never drops a note-off;
+* :class:`MidiInput`: an rtmidi input is read by polling (:mod:`improv.live.midi_in`:
+  no Python in the MIDI system's thread, SysEx ignored, a probe that finds a deaf
+  port), each message stamped and put into an
+  :class:`~improv.live.input_queue.InputQueue` (or the I/O process's inlet);
 * :class:`MidiOutput`: channel remap, program change at open, reopen;
-* :class:`PortWatcher`: notices a controller that disappears, reports it, and
-  reopens it when it comes back.
+* :class:`PortWatcher`: notices a controller or synth that disappears, reports it,
+  and reopens it when it comes back; reopens an input that went deaf.
 
 ``improv ports`` lists what is there.
 """
@@ -29,6 +30,8 @@ from collections.abc import Callable, Iterable
 import mido
 
 from improv.live.clock import now
+from improv.live.input_queue import InputQueue
+from improv.live.midi_in import PolledPort
 
 BACKENDS = {
     "alsa": "LINUX_ALSA",
@@ -130,108 +133,6 @@ def _check_virtual(backend: mido.Backend) -> None:
         raise PortError(LOOPMIDI_HINT)
 
 
-# --- the input queue -----------------------------------------------------------------------------
-
-_OTHER, _ON, _OFF = 0, 1, 2
-
-
-def _kind(msg: mido.Message) -> int:
-    if msg.type == "note_off" or (msg.type == "note_on" and msg.velocity == 0):
-        return _OFF
-    return _ON if msg.type == "note_on" else _OTHER
-
-
-class InputQueue:
-    """A bounded FIFO of ``(time, message)`` that survives a MIDI flood.
-
-    When full, it drops the oldest non-note message, else the oldest note-on.
-    Note-offs are never dropped: when the queue holds nothing but note-offs, a new
-    one waits in an overflow keyed by (channel, note) — at most 2048 entries — where
-    a newer note-off for the same key replaces an older one ("coalesced").
-    ``dropped`` and ``coalesced`` count what was lost.
-    """
-
-    def __init__(self, maxsize: int = 4096) -> None:
-        if maxsize < 1:
-            raise ValueError("InputQueue needs maxsize >= 1")
-        self.maxsize = maxsize
-        self._cond = threading.Condition(threading.Lock())
-        self._q: tuple[deque, deque, deque] = (deque(), deque(), deque())  # by _kind
-        self._spill: dict[tuple[int, int], tuple[int, float, mido.Message]] = {}
-        self._seq = 0
-        self.received = 0
-        self.dropped = 0
-        self.coalesced = 0
-
-    def __len__(self) -> int:
-        return sum(map(len, self._q)) + len(self._spill)
-
-    def put(self, t: float, msg: mido.Message) -> None:
-        kind = _kind(msg)
-        with self._cond:
-            self.received += 1
-            self._seq += 1
-            item = (self._seq, t, msg)
-            others, ons, _ = self._q
-            if sum(map(len, self._q)) >= self.maxsize:
-                if others:
-                    others.popleft()
-                elif kind == _OTHER:
-                    self.dropped += 1
-                    return
-                elif ons:
-                    ons.popleft()
-                elif kind == _ON:
-                    self.dropped += 1
-                    return
-                else:  # full of note-offs and this is one more
-                    key = (msg.channel, msg.note)
-                    if self._spill.pop(key, None) is not None:
-                        self.coalesced += 1
-                    self._spill[key] = item
-                    self._cond.notify()
-                    return
-                self.dropped += 1
-            self._q[kind].append(item)
-            self._cond.notify()
-
-    def _pop(self) -> tuple[float, mido.Message] | None:
-        """The oldest item across the three deques and the overflow; caller holds the lock."""
-        best, source = None, None
-        for d in self._q:
-            if d and (best is None or d[0][0] < best[0]):
-                best, source = d[0], d
-        if self._spill:
-            key, item = next(iter(self._spill.items()))
-            if best is None or item[0] < best[0]:
-                del self._spill[key]
-                return item[1], item[2]
-        if source is None:
-            return None
-        source.popleft()
-        return best[1], best[2]
-
-    def get(self, timeout: float | None = None) -> tuple[float, mido.Message] | None:
-        """The next ``(time, message)``; waits up to ``timeout`` (None: forever)."""
-        with self._cond:
-            item = self._pop()
-            if item is None and timeout != 0:
-                self._cond.wait_for(lambda: len(self) > 0, timeout)
-                item = self._pop()
-            return item
-
-    def get_nowait(self) -> tuple[float, mido.Message] | None:
-        return self.get(timeout=0)
-
-    def drain(self) -> list[tuple[float, mido.Message]]:
-        """Everything queued, oldest first."""
-        with self._cond:
-            out = []
-            while (item := self._pop()) is not None:
-                out.append(item)
-            return out
-
-
 # --- ports ----------------------------------------------------------------------------------------
 
 
@@ -325,13 +226,40 @@ class MidiInput(_Port):
         self.channels = None if channels is None else frozenset(channels)
         self.queue = queue if queue is not None else InputQueue()
         self.filtered = 0
+        self.heard: bool | None = None  # the self-test after the last open (None: no probe)
+        self.retries = 0  # opens that failed their self-test
         self.reopen()
 
+    def reopen(self, attempts: int = 3) -> None:
+        """Open, then test the port with a probe; a port that does not hear it (a JACK
+        client that never got a cycle) is opened again, up to ``attempts`` times."""
+        for _ in range(attempts):
+            super().reopen()
+            port = self._port
+            if not isinstance(port, PolledPort) or not port.attach_probe():
+                self.heard = None
+                return
+            self.heard = port.self_test()
+            if self.heard:
+                return
+            self.retries += 1
+
+    @property
+    def deaf(self) -> bool:
+        """The port stopped hearing its probe during the set (its watcher reopens it)."""
+        port = self._port
+        return isinstance(port, PolledPort) and port.deaf
+
     def _open(self, args: dict):
+        if self.backend.name == RTMIDI:  # polled: nothing of ours runs in the MIDI thread
+            return PolledPort(self.backend, args["name"], virtual=args.get("virtual", False),
+                              client_name=CLIENT_NAME, deliver=self._deliver)
         return self.backend.open_input(callback=self._on_message, **args)
 
     def _on_message(self, msg: mido.Message) -> None:
-        t = now()  # first, before anything can delay it
+        self._deliver(now(), msg)  # the time first, before anything can delay it
+
+    def _deliver(self, t: float, msg: mido.Message) -> None:
         keep = self.channels
         if keep is not None and hasattr(msg, "channel") and msg.channel not in keep:
             self.filtered += 1
@@ -384,18 +312,19 @@ class PortWatcher:
 
     When the port's device disappears it closes it and calls ``on_event('lost',
     name)``; when a port matching the original query returns it reopens it and calls
-    ``on_event('back', name)``. It keeps running through errors.
+    ``on_event('back', name)`` (within ``interval`` of its return: a synth that
+    restarts in a second is found again). An input that stopped hearing its probe is
+    reopened: ``on_event('deaf', name)``. A virtual port cannot disappear: only the
+    last is watched. It keeps running through errors.
     """
 
     def __init__(
         self,
         port: MidiInput | MidiOutput,
         *,
-        interval: float = 1.0,
+        interval: float = 0.1,
         on_event: Callable[[str, str], object] | None = None,
     ) -> None:
-        if port.virtual:
-            raise PortError("a virtual port cannot disappear; watch a named device instead")
         self.port = port
         self.interval = interval
         self.on_event = on_event
@@ -444,11 +373,19 @@ class PortWatcher:
 
     def poll(self) -> None:
         """One look at the port list (the thread calls this every ``interval``)."""
+        port = self.port
+        if port.connected and getattr(port, "deaf", False):
+            try:
+                port.reopen()
+            except PortError:
+                pass  # gone as well: the list below says so
+            self._report("deaf", port.name)
+        if port.virtual:
+            return
         try:
             names = self._names()
         except Exception:
             names = []  # the MIDI system itself went away: same as the device gone
-        port = self.port
         if port.connected:
             if port.name not in names:
                 gone = port.name

@@ -10,7 +10,10 @@ so that neither a decode step nor a redraw can delay a deadline or a timestamp:
   notes, driven by this process's :class:`~improv.live.clock.Clock` (late binding);
 * clock out (:class:`~improv.live.clock.ClockSender`) and the
   :class:`~improv.live.clock.MidiClockFollower`, fed with the callback's timestamps;
-* thru: the player's notes go straight to the output, not via the session;
+* thru: the player's notes, controllers, bend and pressure go straight to the output,
+  not via the session;
+* the echo guard (:mod:`improv.live.echo`): our own messages coming back into the
+  input are dropped here, before thru or the session sees them;
 * the watchdog: if the session process dies (the pipe's end of file) or stops its
   heartbeat for ``watchdog_s`` (200 ms), every sounding note is ended, then CC 123
   on every channel used, one line says so on stderr, and the process exits.
@@ -26,11 +29,14 @@ session -> here: ``("s", tick|None, bytes, tag)`` schedule, ``("c", tag)`` cance
 mapping (internal tempo), ``("l", ms)`` latency, ``("o", role, name)`` another port,
 ``("q",)`` stop.
 
-here -> session: ``("ready", in_name, out_name, in_virtual, out_virtual)`` or
+here -> session: ``("ready", in_name, out_name, in_virtual, out_virtual, heard)``
+(heard: the input's self-test, None where no probe can reach it) or
 ``("error", text)`` once; then ``("i", t, bytes)`` input (clock pulses stay here),
 ``("m", tick0, t0, spt)`` the followed clock's mapping, ``("x", t, bytes, tag)`` sent,
 ``("S", stats)`` every 250 ms, ``("O", role, ok, text)`` port reply, ``("w", event,
-name)`` the input port lost / back (a :class:`~improv.live.ports.PortWatcher`), ``("bye",)``.
+name, role)`` a port 'lost' / 'back' / 'deaf' (reopened) (a
+:class:`~improv.live.ports.PortWatcher`), 'echo' (a feedback loop: our output
+comes back in), ``("bye",)``.
 """
 
 from __future__ import annotations
@@ -44,10 +50,14 @@ from collections.abc import Hashable
 import mido
 
 from improv.live.clock import Clock, ClockSender, MidiClockFollower, now, try_realtime
+from improv.live.echo import EchoGuard
 
 WATCHDOG_S = 0.2  # silence from the session that ends every note
 STATS_EVERY = 0.25
 _TRANSPORT = ("start", "stop", "continue", "songpos")
+# What --thru passes: the player's notes, pedals and other controllers, bend, pressure.
+THRU = frozenset({"note_on", "note_off", "control_change", "pitchwheel", "aftertouch",
+                  "polytouch"})
 
 
 class _Wire:
@@ -70,26 +80,36 @@ class _Wire:
 
 
 class _Inlet:
-    """Stands in for MidiInput's queue: runs in the port's callback with its timestamp."""
+    """Stands in for MidiInput's queue: runs on the port's poll thread with the message's
+    time (never in the MIDI system's own thread)."""
 
-    def __init__(self, wire: _Wire, follower: MidiClockFollower | None, thru) -> None:
+    def __init__(self, wire: _Wire, follower: MidiClockFollower | None, thru,
+                 guard: EchoGuard) -> None:
         self.wire = wire
         self.follower = follower
         self.thru = thru  # callable(msg) or None
+        self.guard = guard
         self.received = 0
+        self._said_loop = False
 
     def put(self, t: float, msg: mido.Message) -> None:
         self.received += 1
         kind = msg.type
+        data = bytes(msg.bytes())
+        if kind != "clock" and self.guard.is_echo(data, t):
+            if self.guard.looped and not self._said_loop:
+                self._said_loop = True
+                self.wire.send(("w", "echo", "", "in"))
+            return  # our own message come back: not the player, not for thru
         if kind == "clock" or kind in _TRANSPORT:
             if self.follower is None:
                 return
             self.follower.feed_message(msg, t)  # its mapping goes out before the message
             if kind == "clock":
                 return  # pulses are this process's business: only the mapping travels
-        elif self.thru is not None and kind in ("note_on", "note_off"):
+        elif self.thru is not None and kind in THRU:
             self.thru(msg)
-        self.wire.send(("i", t, bytes(msg.bytes())))
+        self.wire.send(("i", t, data))
 
 
 def _realtime_line(granted: bool) -> str | None:
@@ -132,7 +152,8 @@ def serve(conn, config: dict) -> int:
     def on_sent(msg: mido.Message, t: float, tag: Hashable) -> None:
         wire.send(("x", t, bytes(msg.bytes()), tag))
 
-    sched = Scheduler(out, clock, latency_ms=config.get("latency_ms", 0.0),
+    guard = EchoGuard(out)  # the scheduler sends through it: it knows what went out
+    sched = Scheduler(guard, clock, latency_ms=config.get("latency_ms", 0.0),
                       on_sent=on_sent if config.get("report_sent", True) else None,
                       realtime=config.get("realtime", True))
     thru_channel = config.get("thru_channel")
@@ -141,7 +162,7 @@ def serve(conn, config: dict) -> int:
         def thru(msg: mido.Message) -> None:
             sched.schedule(msg.copy(channel=thru_channel), None, tag="thru")
 
-    inlet = _Inlet(wire, follower, thru)
+    inlet = _Inlet(wire, follower, thru, guard)
     channels = config.get("channels")
     try:
         inp = MidiInput(config.get("inp"), backend=backend, virtual=config.get("virtual_in"),
@@ -151,15 +172,16 @@ def serve(conn, config: dict) -> int:
         out.close()
         wire.send(("error", str(e)))
         return 2
-    watcher = None
-    if not inp.virtual:  # a keyboard unplugged mid-set is found again when it returns
-        watcher = PortWatcher(inp, on_event=lambda event, name: wire.send(("w", event, name)))
-        watcher.start()
+    # A keyboard unplugged mid-set or a synth restarted is found again when it returns;
+    # an input that stops hearing its probe is reopened (a virtual one too).
+    watchers = [PortWatcher(port, on_event=lambda event, name, role=role:
+                            wire.send(("w", event, name, role))).start()
+                for port, role in ((inp, "in"), (out, "out")) if role == "in" or not port.virtual]
     sender = None
     if config.get("clock_out"):
         sender = ClockSender(clock, out.send, realtime=config.get("realtime", True)).open()
         sender.start()  # a slave's beat 1 lands on our next bar line
-    wire.send(("ready", inp.name, out.name, inp.virtual, out.virtual))
+    wire.send(("ready", inp.name, out.name, inp.virtual, out.virtual, inp.heard))
     watchdog = float(config.get("watchdog_s", WATCHDOG_S))
     why = None
     last = now()
@@ -190,7 +212,7 @@ def serve(conn, config: dict) -> int:
                   "exiting", file=sys.stderr, flush=True)
         if sender is not None:
             sender.close()
-        if watcher is not None:
+        for watcher in watchers:
             watcher.stop()
         sched.stop()
         inp.close()

@@ -329,3 +329,22 @@ def test_a_followed_master_speeding_up_moves_the_queued_notes():
     assert wait_for(lambda: len(out.sent) == 2)
     assert out.sent[0][1] < bound_then - 0.15
     sched.stop()
+
+
+def test_a_note_too_late_to_play_is_skipped_with_its_note_off_not_burst():
+    out = FakeOutput()
+    sched = make(out, max_late_ms=50.0)
+    try:
+        t = now()
+        note(sched, 60, 90, t - 0.2, t + 0.05)  # its note-on is 200 ms overdue: a stall
+        note(sched, 62, 90, t - 0.02, t + 0.06)  # 20 ms overdue: late, still played
+        note(sched, 64, 90, t + 0.03, t + 0.07)
+        time.sleep(0.15)
+        played = [(m.type, m.note) for m, _ in out.sent]
+        assert sorted(played) == [("note_off", 62), ("note_off", 64), ("note_on", 62),
+                                  ("note_on", 64)]
+        assert not out.notes
+        stats = sched.stats()
+        assert stats.skipped == 1 and stats.late >= 1
+    finally:
+        sched.stop()

@@ -54,6 +54,8 @@ class Book:
         self._sounding: dict[tuple[int, int], set[Hashable]] = {}
         self.channels: set[int] = set()
         self.restruck = 0  # note-ons sent for a key the machine already held
+        self.skipped = 0  # note-ons too late to play (see skip)
+        self._unsent: set[tuple[int, int, Hashable]] = set()  # skipped, their offs to come
 
     # --- pending -----------------------------------------------------------------------------
 
@@ -106,6 +108,22 @@ class Book:
         elif is_note_off(msg):
             self._sounding.pop((msg.channel, msg.note), None)
 
+    def skip(self, msg: mido.Message, tag: Hashable = None) -> None:
+        """A note-on too late to play is not sent: nothing sounds, and its note-off, when
+        due, is not sent either (see :meth:`wanted`)."""
+        self.skipped += 1
+        self._unsent.add((msg.channel, msg.note, tag))
+
+    def wanted(self, msg: mido.Message, tag: Hashable = None) -> bool:
+        """False for the note-off of a skipped note-on (a key that does not sound)."""
+        if not self._unsent or not is_note_off(msg):
+            return True
+        key = (msg.channel, msg.note, tag)
+        if key in self._unsent and (msg.channel, msg.note) not in self._sounding:
+            self._unsent.discard(key)
+            return False
+        return True
+
     def sounding(self, tag: Hashable = ...) -> set[tuple[int, int]]:
         """(channel, pitch) of every note-on sent and not yet ended (of ``tag`` if given)."""
         return {k for k, tags in self._sounding.items() if tag is ... or tag in tags}
@@ -113,6 +131,7 @@ class Book:
     def cancel(self, tag: Hashable = None) -> list[mido.Message]:
         """Drop pending of ``tag`` (None: all); the note-offs that end its sounding notes."""
         self.drop(tag)
+        self._unsent = {k for k in self._unsent if tag is not None and k[2] != tag}
         return [note_off(*k) for k, tags in self._sounding.items() if tag is None or tag in tags]
 
     def panic(self) -> list[mido.Message]:

@@ -14,8 +14,10 @@ Every path that stops playing sends the missing note-offs: ``cancel``
 counted, the thread goes on) and interpreter exit (atexit).
 
 A message sent more than 1 ms after its bound time is late: counted, sent at
-once, never dropped, never reordered. Latency compensation sends everything
-``latency_ms`` earlier.
+once, never reordered. A note-on more than ``max_late_ms`` (50 ms) late — the
+machine stalled, a flood held the CPU — is skipped, not burst out with the
+others, and its note-off is skipped with it (:meth:`Book.skip`). Latency
+compensation sends everything ``latency_ms`` earlier.
 
 Run ``python -m improv.live.scheduler`` to measure timing errors on this machine.
 """
@@ -54,6 +56,7 @@ class SchedulerStats:
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    skipped: int = 0  # note-ons too late to play, not sent
 
 
 def timing_stats(errors, **counts) -> SchedulerStats:
@@ -85,12 +88,14 @@ class Scheduler:
         errors_kept: int = 10_000,
         realtime: bool = True,
         name: str = "improv-scheduler",
+        max_late_ms: float = 50.0,
     ) -> None:
         self.output = output
         self.clock = clock  # the deadlines' ticks are this clock's
         self._want_realtime = realtime
         self.realtime = False  # True once the thread got a real-time priority
         self._latency = latency_ms / 1000.0
+        self.max_late = max_late_ms / 1000.0
         self._cond = threading.Condition(threading.Lock())
         # Held while items move from the book to the output, so cancel/panic never
         # miss a note-on that was popped but not yet registered.
@@ -209,7 +214,8 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         return timing_stats(
-            list(self.errors), sent=self.sent, late=self.late, send_errors=self.send_errors,
+            list(self.errors), sent=self.sent, late=self.late, skipped=self.book.skipped,
+            send_errors=self.send_errors,
             callback_drops=self.callback_drops, pending=self.pending(),
             sounding=len(self.sounding()), realtime=self.realtime)
 
@@ -252,7 +258,11 @@ class Scheduler:
                     t = now()
                     due = self.book.pop_due(self.clock.time_to_tick(t + self._latency) + _HAIR)
                 for tick, _, _, msg, tag in due:
-                    self._send(msg, tag, None if tick == ASAP else self._time_of(tick))
+                    target = None if tick == ASAP else self._time_of(tick)
+                    if target is not None and t - target > self.max_late and is_note_on(msg):
+                        self.book.skip(msg, tag)  # a burst of stale notes is worse than none
+                    elif self.book.wanted(msg, tag):
+                        self._send(msg, tag, target)
 
     def _send(self, msg: mido.Message, tag: Hashable, target: float | None) -> None:
         """Send one message and keep the books; caller holds _send_lock."""

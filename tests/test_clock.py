@@ -196,7 +196,37 @@ def test_clock_sender_sends_start_pulses_stop():
     assert "start" in sent and "stop" in sent
     i = sent.index("start")
     assert sent[i + 1] == "clock" and sent.index("stop") > i
-    assert set(sent) == {"clock", "start", "stop"}
+    assert set(sent) == {"clock", "start", "stop", "songpos"}
+    assert sent[i - 1] == "songpos" and sent[sent.index("stop") + 1] == "songpos"
+
+
+def test_clock_sender_resumes_with_song_position_and_continue_and_stops_when_closed():
+    sent: list[mido.Message] = []
+    clock = Clock(300, tick=-2)  # 120 pulses per second
+    sender = ClockSender(clock, sent.append).open()
+
+    def wait(pred) -> None:
+        deadline = time.monotonic() + 5.0
+        while not pred() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def types() -> list[str]:
+        return [m.type for m in list(sent)]
+
+    sender.start()
+    wait(lambda: types().count("clock") > 60 and "start" in types())
+    sender.stop()
+    wait(lambda: "stop" in types())
+    stopped_at = [m.pos for m in sent if m.type == "songpos"][-1]
+    pulses = types()[types().index("start"):types().index("stop")].count("clock")
+    assert abs(stopped_at - pulses // 6) <= 1 and stopped_at > 0  # sixteenths since Start
+    sender.resume()
+    wait(lambda: "continue" in types())
+    i = types().index("continue")
+    assert sent[i - 1].type == "songpos" and sent[i - 1].pos == stopped_at
+    wait(lambda: types()[i:].count("clock") > 12)
+    sender.close()  # a slave must not keep rolling after the set
+    assert types()[-2:] == ["stop", "songpos"] and sent[-1].pos > stopped_at
 
 
 @pytest.mark.jack

@@ -340,14 +340,21 @@ def _fit_line(points: deque[tuple[int, float]]) -> tuple[float, float] | None:
     return t0 + a - b * i0, b
 
 
+PULSES_PER_SIXTEENTH = TICKS_PER_QUARTER // 4  # a Song Position unit ("MIDI beat")
+
+
 class ClockSender:
     """Sends MIDI beat clock as a master: one pulse per tick of a :class:`Clock`.
 
     A thread waits for each tick's deadline (sleep, then a short spin) and calls
     ``send(mido.Message('clock'))``; deadlines are recomputed from the Clock for
-    every pulse, so tempo changes take effect at once. ``start()`` sends Start
-    just before the next bar line's pulse (the slave's beat 1 lands on our bar);
-    ``stop()`` sends Stop. Pulses keep going while stopped so a slave can lock.
+    every pulse, so tempo changes take effect at once. ``start()`` sends Song
+    Position 0 and Start just before the next bar line's pulse (the slave's beat 1
+    lands on our bar); ``stop()`` sends Stop, then the Song Position where it stopped
+    (as a DAW does, so the slave shows it); ``resume()`` sends that Song Position
+    and Continue on the next sixteenth. ``close()`` stops a started slave first: a
+    DAW slaved to a set that ended must not keep rolling. Pulses keep going while
+    stopped so a slave can lock.
     """
 
     SPIN = 0.0005  # as the scheduler's: a short spin after a real-time wait
@@ -361,7 +368,10 @@ class ClockSender:
         self.sent = 0
         self.errors = 0
         self._start_at: int | None = None
+        self._resume_at: int | None = None
         self._stop_now = False
+        self._origin: int | None = None  # the tick of Start: song position 0
+        self._position = 0  # sixteenths from Start where it stopped
         self._quit = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -377,14 +387,32 @@ class ClockSender:
         self._start_at = self.clock.next_bar(self.clock.now_tick() + 1)
 
     def stop(self) -> None:
-        """Send Stop before the next pulse."""
+        """Send Stop (then where it stopped) before the next pulse."""
         self._stop_now = True
 
+    def resume(self) -> None:
+        """Send the Song Position and Continue on the next sixteenth."""
+        self._resume_at = math.ceil((self.clock.now_tick() + 1) / PULSES_PER_SIXTEENTH) \
+            * PULSES_PER_SIXTEENTH
+
+    @property
+    def rolling(self) -> bool:
+        return self._origin is not None
+
     def close(self) -> None:
+        """Stop a started slave, then end the thread."""
         self._quit.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=1.0)
         self._thread = None
+        if self.rolling:
+            self._stop(math.floor(self.clock.now_tick()))
+
+    def _stop(self, tick: int) -> None:
+        self._position = min(max(0, (tick - self._origin) // PULSES_PER_SIXTEENTH), 16383)
+        self._origin = None
+        self._send(mido.Message("stop"))
+        self._send(mido.Message("songpos", pos=self._position))
 
     def _send(self, msg: mido.Message) -> None:
         try:
@@ -411,9 +439,17 @@ class ClockSender:
                 tick = math.floor(clock.now_tick())
             if self._stop_now:
                 self._stop_now = False
-                self._send(mido.Message("stop"))
+                if self.rolling:
+                    self._stop(tick)
             if self._start_at is not None and tick >= self._start_at:
                 self._start_at = None
+                self._origin = tick
+                self._send(mido.Message("songpos", pos=0))
                 self._send(mido.Message("start"))
+            if self._resume_at is not None and tick >= self._resume_at and not self.rolling:
+                self._resume_at = None
+                self._origin = tick - self._position * PULSES_PER_SIXTEENTH
+                self._send(mido.Message("songpos", pos=self._position))
+                self._send(mido.Message("continue"))
             self._send(mido.Message("clock"))
             tick += 1

@@ -137,6 +137,14 @@ class Answering:
             s.say("the call goes on" + (" (a note of the answer was cut)" if cut else ""))
             s.set_state(State.LISTENING)
             return
+        self.keep_heard(r, tick)
+        s.say("barge-in: the answer stops")
+        s.set_state(State.LISTENING)
+
+    def keep_heard(self, r: Answer, tick: int) -> None:
+        """The stream keeps the answer as far as it sounded by ``tick``, ends its notes
+        there, and hands the turn back (a barge-in, a panic)."""
+        s = self.session
         heard = r.heard(tick)
         s.stream.restore(r.start)
         s.stream.replay(heard)
@@ -144,8 +152,6 @@ class Answering:
             s.stream.note_off(tick, p, human=False)
             s.out.note("machine", p, 0, tick)
         s.stream.feed(s.stream.encoder.turn(tick), human=False)
-        s.say("barge-in: the answer stops")
-        s.set_state(State.LISTENING)
 
     def _play(self, r: Answer, tok: int) -> None:
         s = self.session

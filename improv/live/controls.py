@@ -22,6 +22,8 @@ from improv.live.midi_learn import Bindings, Learner
 from improv.live.sampler import Constraints, Sampler
 from improv.live.session_api import Intent
 
+SWITCH_EVERY_S = 0.25  # the least time between two preset switches (program change floods)
+
 
 class ControlsHost(Protocol):
     """What the controls ask of the session: the whole of their reach into it."""
@@ -32,6 +34,7 @@ class ControlsHost(Protocol):
     def cut(self) -> None: ...
     def restyle(self, style: str) -> None: ...
     def send_program(self) -> None: ...
+    def mark(self, text: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class Controls:
         self.presets = presets
         self.preset = self.resolve(preset) if preset is not None else presets.default()
         self.pending: Preset | None = None  # waits for the next phrase
+        self.asked: tuple[int | str, bool] | None = None  # held back by the rate limit
+        self.last_switch = float("-inf")  # the clock's time of the last switch taken
+        self.switches = 0  # switches taken (resolved and applied or made pending)
         self.sampler = sampler
         self.clock = clock
         self.learner = learner
@@ -153,8 +159,33 @@ class Controls:
         if said:
             host.say(said)
 
+    def takes_cc(self, control: int, channel: int) -> bool:
+        """Whether a CC (``channel`` one-based) is a knob's or being learned: not the synth's."""
+        learner = self.learner
+        return learner is not None and (learner.armed is not None
+                                        or learner.bindings.knob_for(control, channel) is not None)
+
     def switch(self, which: int | str, now: bool, host: ControlsHost) -> None:
-        """Switch preset: at the next phrase, or at once (the answer is cut like a barge-in)."""
+        """Switch preset: at the next phrase, or at once (the answer is cut like a barge-in).
+
+        At most one switch every ``SWITCH_EVERY_S``: a switch re-styles the stream (tens of
+        ms), so a flood of program changes would stall the session. Those that come
+        sooner are coalesced, the latest wins, and it is taken when due (``tick``).
+        """
+        if self.clock.time_fn() - self.last_switch < SWITCH_EVERY_S:
+            self.asked = (which, now)
+            return
+        self._switch(which, now, host)
+
+    def tick(self, host: ControlsHost) -> None:
+        """Each turn of the session loop: a held-back switch is taken once it is due."""
+        if self.asked is not None and self.clock.time_fn() - self.last_switch >= SWITCH_EVERY_S:
+            (which, now), self.asked = self.asked, None
+            self._switch(which, now, host)
+
+    def _switch(self, which: int | str, now: bool, host: ControlsHost) -> None:
+        self.last_switch = self.clock.time_fn()
+        self.switches += 1
         try:
             preset = self.resolve(which)
         except ValueError as e:  # PresetError: its reason says what there is
@@ -176,6 +207,7 @@ class Controls:
         if switch.restyle:
             host.restyle(switch.preset.style)
         host.say(f"preset: {switch.preset.name} (style {switch.preset.style})")
+        host.mark(f"preset {switch.preset.name}")
 
     def take_pending(self) -> Switch | None:
         """At a phrase boundary: the preset waiting for one takes effect."""

@@ -89,7 +89,7 @@ class Publisher:
                 ingest_median_ms=_pct(session.ingest_ms, 50),
                 ingest_p99_ms=_pct(session.ingest_ms, 99),
                 late=ss.late,
-                dropped=getattr(session.inbox, "dropped", 0),
+                dropped=session.intake.dropped,  # lost by the input queue, or shed
             ),
             notes=self.history.recent(),
             learning=getattr(learner, "armed", None),

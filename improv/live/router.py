@@ -1,8 +1,10 @@
 """The player's MIDI messages, each to the part of the set it concerns.
 
 This module owns what an incoming message means: a note is the call (or, on the
-control channel, a preset switch), a CC is the end-call pedal or a bound knob, a
-program change switches presets, MIDI beat clock and transport go to the clock
+control channel, a preset switch), a CC is a panic (:mod:`improv.live.panic`), the
+end-call pedal, a bound knob or the player's pedal (recorded, passed on with thru, as
+pitch bend and aftertouch are), a program change switches presets (when
+``SessionOptions.program_change``), MIDI beat clock and transport go to the clock
 follower. The message's timestamp becomes a stream tick here, the last place
 seconds appear on the way in.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import mido
 
+from improv.live.intake import EXPRESSION
 from improv.live.session_api import State
 
 CLOCK_MESSAGES = frozenset({"clock", "start", "stop", "continue", "songpos"})
@@ -35,23 +38,26 @@ class Router:
                 if kind == "note_on" and msg.velocity > 0:
                     s.controls.switch(msg.note % 12 + 1, now=False, host=s)
                 return
-            tick = s.clock.time_to_tick(t) + s.offset  # seconds end here, at the input
-            s.hear(msg.note, msg.velocity if kind == "note_on" else 0, tick)
-            s.ingest_ms.append((s.clock.time_fn() - t) * 1000.0)  # note in -> tokens fed
-            if s.options.thru:
-                s.scheduler.schedule(msg.copy(channel=s.preset.midi_channel), None, tag="thru")
+            s.intake.note(msg.note, msg.velocity if kind == "note_on" else 0, t)
         elif kind == "control_change":
-            self._cc(msg.control, msg.value, msg.channel)
-        elif kind == "program_change" and (channel is None or control):
+            if not s.panic.cc(msg.control, msg.channel, t):
+                self._cc(msg, t, control)
+        elif kind in EXPRESSION and not control:
+            s.intake.expression(msg, t)
+        elif kind == "program_change" and s.options.program_change \
+                and (channel is None or control):
             s.controls.switch(msg.program + 1, now=False, host=s)
 
-    def _cc(self, control: int, value: int, channel: int) -> None:
+    def _cc(self, msg: mido.Message, t: float, control: bool) -> None:
         s = self.session
         pedals = {s.preset.end_call_cc, *s.options.pedal_ccs} - {None}
-        if control in pedals and value >= 64 and s.state == State.LISTENING:
+        cc, value = msg.control, msg.value
+        if not control and not s.controls.takes_cc(cc, msg.channel + 1):
+            s.intake.expression(msg, t)  # the player's pedals: recorded, and passed on thru
+        if cc in pedals and value >= 64 and s.state == State.LISTENING:
             s.end_call("pedal")
             return
-        said = s.controls.feed_cc(control, value, channel + 1)  # learn's channels: 1-16
+        said = s.controls.feed_cc(cc, value, msg.channel + 1)  # learn's channels: 1-16
         if said:
             s.say(said)
 

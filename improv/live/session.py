@@ -28,7 +28,6 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import mido
 
@@ -41,7 +40,11 @@ from improv.live.clock import Clock
 from improv.live.controls import Controls
 from improv.live.dynamics import Dynamics
 from improv.live.handover import Handover, call_bars
+from improv.live.intake import Intake
+from improv.live.marks import Marks
 from improv.live.midi_learn import Bindings, Learner
+from improv.live.options import SessionOptions
+from improv.live.panic import Panic
 from improv.live.port_panel import PortPanel
 from improv.live.ports import InputQueue
 from improv.live.publisher import Publisher
@@ -55,17 +58,6 @@ log = logging.getLogger("improv.live.session")
 
 PROGRAM = "program"  # the scheduler tag of a program change
 MAX_RESPONSE_BARS = 16
-
-
-@dataclass
-class SessionOptions:
-    lookahead_beats: float = 1.0  # generated ahead of playback
-    min_lead_ms: float = 30.0  # a response never starts closer than this to the call's end
-    seed: int | None = None
-    thru: bool = False  # pass the player's notes to the output
-    pedal_ccs: tuple[int, ...] = ()  # extra end-of-call pedals besides the preset's
-    control_channel: int | None = None  # program change / notes here switch presets (0-15)
-    program_change: bool = False  # program changes switch presets only when this is on
 
 
 class Session:
@@ -108,6 +100,9 @@ class Session:
         self.handover = Handover(self)
         self.quantizer = Quantizer(clock)
         self.router = Router(self)
+        self.intake = Intake(self)
+        self.panic = Panic(self)
+        self.marks = Marks(self)
         self.state = State.IDLE
         self.answer: Answer | None = None
         self.keys_down: set[int] = set()
@@ -229,6 +224,8 @@ class Session:
             except (KeyError, ValueError, TypeError) as e:  # a bad intent costs one line
                 self.say(f"ignored {type(intent).__name__}: {e}")
         self.scheduler.heartbeat()  # the I/O process's watchdog: the session lives
+        self.controls.tick(self)  # a switch held back by the rate limit, when due
+        self.marks.poll()
         self._check_call_end()
         self.answering.generate()
         self.publish()
@@ -242,7 +239,6 @@ class Session:
     def hear(self, pitch: int, velocity: int, at: float) -> None:
         """A note of the player's (velocity 0: its release) played at stream tick ``at``."""
         tick = max(round(at), 0)
-        self._record_human(pitch, velocity, at)
         if self.preset.quantize:
             tick = self.quantizer.event(tick, pitch, velocity, self.offset)
         r = self.answer
@@ -294,13 +290,6 @@ class Session:
         if self.answer is None:
             self.controls.apply_pending(self)
 
-    def _record_human(self, pitch: int, velocity: int, at: float) -> None:
-        self.out.note("human", pitch, velocity, at)
-        if self.recorder is not None:
-            kind = "note_on" if velocity else "note_off"
-            self.recorder.add("human", mido.Message(kind, note=pitch, velocity=velocity),
-                              max(0.0, self.clock_tick(at)))
-
     # --- hand-over -------------------------------------------------------------------------------
 
     def _check_call_end(self) -> None:
@@ -345,8 +334,7 @@ class Session:
 
     def _on_intent(self, intent: Intent) -> None:
         if isinstance(intent, api.Panic):
-            self.scheduler.panic()
-            self.say("panic: all notes off")
+            self.panic.now()
         elif isinstance(intent, api.Stop):
             self._stop.set()
         elif isinstance(intent, api.SelectPort):
@@ -369,6 +357,9 @@ class Session:
             self.stream.restyle(style)
         except Exception as e:  # an unknown style keeps the old one playing
             self.say(f"style {style!r} unavailable: {e}")
+
+    def mark(self, text: str) -> None:
+        self.marks.marker(text)
 
     def send_program(self) -> None:
         if self.preset.program is not None:

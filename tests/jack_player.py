@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,22 +34,69 @@ def heard(port_part: str):
     return Listener(port_part, client="e2e-heard")
 
 
+class Keys:
+    """The player's keyboard: one rtmidi client patched into the jam's input."""
+
+    def __init__(self, target: str) -> None:
+        import rtmidi
+
+        self._rt = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK, name="e2e-keys")
+        ports = self._rt.get_ports()
+        self._rt.open_port(next(i for i, n in enumerate(ports) if target in n), "keys")
+
+    def send(self, msg: mido.Message) -> None:
+        self._rt.send_message(msg.bytes())
+
+    def probe(self, timeout: float = 10.0) -> bool:
+        """Whether this client's messages flow: patch it into a listener of our own too and
+        send until that hears it (a JACK client opened among others may miss cycles: the
+        test must test improv, not that race)."""
+        import rtmidi
+
+        ear = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="e2e-probe")
+        ear.open_virtual_port("in")
+        try:
+            subprocess.run(["jack_connect", "e2e-keys:keys", "e2e-probe:in"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                self._rt.send_message([0xB0, 3, 0])  # a CC the jam has no use for
+                time.sleep(0.02)
+                if ear.get_message() is not None:
+                    return True
+            return False
+        finally:
+            ear.close_port()
+            ear.delete()
+
+    def close(self) -> None:
+        self._rt.close_port()
+
+
 def connect(tag: str):
-    """(what the jam plays, an output into the jam) once its ports appear; None after 20 s."""
-    be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+    """(what the jam plays, an output into the jam) once its ports appear; None after 20 s.
+    One long-lived client per direction looks for the ports: a fresh client every 50 ms
+    would churn the JACK graph while the jam's clients start."""
+    import rtmidi
 
-    def find(names, part):
-        return next((n for n in names() if part in n), None)
-
-    deadline = time.monotonic() + 20
-    while not (find(be.get_input_names, f"improv out {tag}")
-               and find(be.get_output_names, f"improv in {tag}")):
-        if time.monotonic() > deadline:
-            print("the jam's ports never appeared", file=sys.stderr)
-            return None
-        time.sleep(0.05)
-    return heard(f"improv out {tag}"), be.open_output(find(be.get_output_names,
-                                                          f"improv in {tag}"))
+    sources = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="e2e-lister")
+    sinks = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK, name="e2e-lister")
+    try:
+        deadline = time.monotonic() + 20
+        while not (any(f"improv out {tag}" in n for n in sources.get_ports())
+                   and any(f"improv in {tag}" in n for n in sinks.get_ports())):
+            if time.monotonic() > deadline:
+                print("the jam's ports never appeared", file=sys.stderr)
+                return None
+            time.sleep(0.05)
+    finally:
+        sources.delete()
+        sinks.delete()
+    keys = Keys(f"improv in {tag}")
+    if not keys.probe():
+        print("the player's own keyboard client never ran (JACK)", file=sys.stderr)
+        return None
+    return heard(f"improv out {tag}"), keys
 
 
 def _bytes(inp) -> list[tuple[float, list[int]]]:

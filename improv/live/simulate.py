@@ -146,6 +146,22 @@ def sim_session(engine, library, preset, bpm: float, meter: tuple[int, int] = (4
     return s, sim, clock, sched
 
 
+def costly(engine, sim: SimTime, ms_per_token: float) -> None:
+    """Make ``engine``'s work take simulated time: every token fed or stepped moves ``sim``
+    on by ``ms_per_token`` (a session that cannot keep up falls behind its input)."""
+    feed, step = engine.feed, engine.step
+
+    def slow_feed(toks):
+        sim.t += len(toks) * ms_per_token / 1000.0
+        return feed(toks)
+
+    def slow_step(tok):
+        sim.t += ms_per_token / 1000.0
+        return step(tok)
+
+    engine.feed, engine.step = slow_feed, slow_step
+
+
 def run(session, sim: SimTime, scheduler: SimScheduler, script: Script, check=None) -> None:
     """Play ``script`` into a started-but-threadless session, jumping time event to event.
 
@@ -161,8 +177,8 @@ def run(session, sim: SimTime, scheduler: SimScheduler, script: Script, check=No
             item = events[i][1]
             if isinstance(item, Intent):
                 session.send(item)
-            else:
-                session.submit(item, sim.t)
+            else:  # stamped when played, as a port stamps it (the session may be behind)
+                session.submit(item, t0 + events[i][0])
             i += 1
         session.tick_once(0)
         scheduler.advance()

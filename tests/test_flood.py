@@ -1,0 +1,109 @@
+"""Never stalled: a note flood and a program-change flood into a session on simulated time.
+
+The model's work takes simulated time here (``simulate.costly``), so a session fed more
+than it can digest falls behind its input as a real one does.
+"""
+
+from __future__ import annotations
+
+import mido
+import pytest
+
+from improv.live.answer import RESPONSE
+from improv.live.controls import SWITCH_EVERY_S
+from improv.live.recording import SessionRecorder
+from improv.live.session_api import State
+from improv.live.simulate import Script, costly, run
+from tests.test_session import call_script, make_session, no_stuck
+
+RATE = 5000  # note events (on and off) per second
+FLOOD_S = 2.0
+MS_PER_TOKEN = 0.5  # the tiny model made as slow as a real one on a loaded CPU
+
+
+def flood(start: float) -> list[tuple[float, mido.Message]]:
+    """RATE/2 note-ons a second, each held 3 ms, pitches cycling over five octaves."""
+    events = []
+    for i in range(int(RATE * FLOOD_S / 2)):
+        t, p = start + 2 * i / RATE, 36 + (i * 7) % 61
+        events.append((t, mido.Message("note_on", note=p, velocity=64 + i % 60)))
+        events.append((t + 0.003, mido.Message("note_off", note=p)))
+    return events
+
+
+def human_note_ons(path) -> int:
+    mid = mido.MidiFile(path)
+    [human] = [t for t in mid.tracks if t.name == "human"]
+    return sum(1 for m in human if m.type == "note_on" and m.velocity > 0)
+
+
+def flooded(tiny_model_dir, library, tmp_path, shed_after_ms: float):
+    s, sim, clock, sched = make_session(tiny_model_dir, library, humanize_ms=0.0,
+                                        response_start="beat", silence_beats=1.0,
+                                        predict_handover=False)
+    s.options.shed_after_ms = shed_after_ms
+    s.recorder = SessionRecorder(tmp_path / "flood.mid", bpm=clock.bpm)
+    costly(s.engine, sim, MS_PER_TOKEN)
+    start = 0.5
+    events = flood(start)
+    end = max(t for t, _ in events)
+    behind: list[float] = []  # how far behind its input the session was, each turn
+
+    def check(session, sch):
+        no_stuck(session, sch)
+        if session.ingest_ms:
+            behind.append(session.ingest_ms[-1])
+
+    run(s, sim, sched, Script(events, stop_at=end + 4.0), check=check)
+    t0 = sim.t - (end + 4.0)
+    s.publish(force=True)
+    s.recorder.close()
+    first = [x.t - t0 - end for x in sched.log
+             if x.tag == RESPONSE and x.msg.type == "note_on" and x.t - t0 > end]
+    return s, sched, first, len(events) // 2
+
+
+def test_a_flood_is_recorded_whole_shed_from_the_model_and_answered_within_a_second(
+        tiny_model_dir, library, tmp_path):
+    s, sched, first, played = flooded(tiny_model_dir, library, tmp_path, shed_after_ms=250.0)
+    assert human_note_ons(tmp_path / "flood.mid") == played, "a played note is not recorded"
+    assert s.intake.shed > 0
+    assert s.snapshot().latency.dropped == s.intake.dropped >= s.intake.shed
+    assert first and first[0] < 1.0, f"first answer note {first[:1]} s after the flood"
+    assert not s.keys_down and not sched.sounding() and not sched.errors
+
+
+def test_a_flood_stalls_the_session_when_nothing_is_shed(tiny_model_dir, library, tmp_path):
+    """The same flood with shedding off: the answer comes seconds late (what the shedding
+    fixes; if this ever answers in time the flood above no longer tests anything)."""
+    s, sched, first, played = flooded(tiny_model_dir, library, tmp_path,
+                                      shed_after_ms=float("inf"))
+    assert s.intake.shed == 0
+    assert not first or first[0] > 1.0
+
+
+def test_a_program_change_flood_switches_a_bounded_number_of_times(tiny_model_dir, library):
+    s, sim, clock, sched = make_session(tiny_model_dir, library)
+    s.options.program_change = True
+    n = len(library)
+    events = [(0.05 + i * 0.0005, mido.Message("program_change", channel=i % 16,
+                                                program=i % n)) for i in range(4000)]
+    last = library.by_number((4000 - 1) % n + 1).name
+    events += call_script(clock.bpm, stop_at=0).events  # a call played through it
+    run(s, sim, sched, Script(sorted(events, key=lambda e: e[0]), stop_at=6.0),
+        check=no_stuck)
+    assert s.error is None
+    assert s.controls.switches <= 2 + 2.0 / SWITCH_EVERY_S  # 2 s of flood, then the last
+    assert s.controls.asked is None  # the latest won (it may wait for the next phrase)
+    assert (s.controls.pending or s.preset).name == last
+    assert s.responses, "the call played through the flood got no answer"
+
+
+@pytest.mark.parametrize("opt_in", [False, True])
+def test_program_changes_switch_presets_only_when_asked_to(tiny_model_dir, library, opt_in):
+    s, sim, clock, sched = make_session(tiny_model_dir, library, preset=1)
+    s.options.program_change = opt_in
+    s.submit(mido.Message("program_change", program=2), sim.t)
+    s.tick_once(0)
+    want = library.by_number(3 if opt_in else 1).name
+    assert s.preset.name == want and s.state == State.IDLE

@@ -33,6 +33,7 @@ from improv.commands.jam_ui import (
 from improv.core import knobs
 from improv.core.presets import PresetError, PresetLibrary, apply_overrides, parse_overrides
 from improv.live.clock import Clock, ClockSender, MidiClockFollower
+from improv.live.marks import machine_track
 from improv.live.scheduler import Scheduler
 from improv.live.session import Session, SessionOptions
 from improv.live.session_api import PortView, State
@@ -171,9 +172,7 @@ def build_rig(args: argparse.Namespace, output=None, inbox=None, ports=(), follo
         path.parent.mkdir(parents=True, exist_ok=True)
         recorder = SessionRecorder(path, bpm=bpm, meter=(num, den))
 
-    def on_sent(msg, t, tag):
-        if recorder is not None and msg.type in ("note_on", "note_off"):
-            recorder.add("machine", msg, max(0.0, clock.time_to_tick(t)))
+    on_sent = machine_track(recorder, clock)  # the machine's notes; thru notes are the player's
 
     link = None
     if output is None:

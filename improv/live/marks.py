@@ -8,10 +8,17 @@ hooked into each of the places that move them, so none is missed; a followed mas
 moves the clock's tempo a hair at every pulse, so only a move of more than
 ``TEMPO_STEP_BPM`` from the last written tempo is written (the file's ticks are
 musical: a smaller error changes how fast the file plays, not where a note sits).
-Ticks are the clock's, as every recorded note's.
+Ticks are the clock's, as every recorded note's. And the machine track's notes, as
+the scheduler reports them sent (:func:`machine_track`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+import mido
+
+from improv.live.intake import THRU
 
 TEMPO_STEP_BPM = 0.5
 
@@ -46,3 +53,18 @@ class Marks:
         s = self.session
         if s.recorder is not None:
             s.recorder.marker(text, max(0.0, s.clock.now_tick()))
+
+
+def machine_track(recorder, clock) -> Callable[[mido.Message, float, Hashable], None]:
+    """The scheduler's ``on_sent`` that records the machine's notes as they went out.
+
+    The player's notes passed on with thru (tag ``THRU``) go out through the same
+    scheduler; they are the player's, recorded once on arrival (:mod:`improv.live.intake`),
+    so they are not the machine track's.
+    """
+
+    def on_sent(msg: mido.Message, t: float, tag: Hashable) -> None:
+        if recorder is not None and tag != THRU and msg.type in ("note_on", "note_off"):
+            recorder.add("machine", msg, max(0.0, clock.time_to_tick(t)))
+
+    return on_sent

@@ -49,6 +49,7 @@ class SimScheduler:
         self.log: list[Sent] = []
         self.closed = False
         self.errors: list[str] = []  # note-ons for a key the machine already held
+        self.on_sent = None  # (msg, time, tag) of each message sent, as the live one reports
 
     def schedule(self, msg: mido.Message, tick: float | None, *, tag: Hashable = None) -> int:
         if self.closed:
@@ -71,6 +72,8 @@ class SimScheduler:
         if self.book.restruck != before:
             self.errors.append(f"note-on for sounding key {(msg.channel, msg.note)} at {t:.3f}")
         self.log.append(Sent(t, msg, tag))
+        if self.on_sent is not None:
+            self.on_sent(msg, t, tag)
 
     def cancel(self, tag: Hashable = None) -> None:
         for msg in self.book.cancel(tag):

@@ -404,6 +404,8 @@ def isolation_notes(b: dict) -> list[str]:
                 f"({_ratio(run['decode_ratio'])} alone; bar <= {BAR_DECODE_RATIO:g}x: "
                 f"{run['bar_decode_ok']}), decode p99 {_ms(lat.get('decode_p99_ms'))}, send "
                 f"error p99 {_ms(lat.get('schedule_p99_ms'))}, late (jam) {lat.get('late')}, "
+                f"note in -> tokens fed median {_ms(lat.get('ingest_median_ms'))} p99 "
+                f"{_ms(lat.get('ingest_p99_ms'))}, dropped {lat.get('dropped')}, "
                 f"arrivals > 5 ms here {run['late_here']}, {run['notes']} notes in "
                 f"{run['answers']} answers, keys left down {len(run['stuck_notes'])}, "
                 f"double strikes {run.get('double_strikes')}"
@@ -438,10 +440,6 @@ def isolation_notes(b: dict) -> list[str]:
     for bench, what in ((iso, "isolation"), (fol, "clock_follow")):
         for name, why in bench.get("skipped", {}).items():
             out.append(f"Not measured: {what} {name} ({why[:300]}).")
-    if iso.get("runs") or fol.get("runs"):
-        out.append("Note in -> tokens fed inside a jam: not reported by `improv jam` (its "
-                   "snapshots carry no ingest figure); the figure is the `ingest` benchmark's "
-                   "row, `Session.ingest_ms` in-process.")
     return out
 
 

@@ -44,6 +44,8 @@ def flooded(tiny_model_dir, library, tmp_path, shed_after_ms: float):
     s.options.shed_after_ms = shed_after_ms
     s.recorder = SessionRecorder(tmp_path / "flood.mid", bpm=clock.bpm)
     costly(s.engine, sim, MS_PER_TOKEN)
+    beats: list[float] = []  # the session's heartbeats, which the I/O process's watchdog needs
+    sched.heartbeat = lambda: beats.append(sim.t)
     start = 0.5
     events = flood(start)
     end = max(t for t, _ in events)
@@ -60,24 +62,27 @@ def flooded(tiny_model_dir, library, tmp_path, shed_after_ms: float):
     s.recorder.close()
     first = [x.t - t0 - end for x in sched.log
              if x.tag == RESPONSE and x.msg.type == "note_on" and x.t - t0 > end]
-    return s, sched, first, len(events) // 2
+    gap = max(b - a for a, b in zip(beats, beats[1:], strict=False))
+    return s, sched, first, len(events) // 2, gap
 
 
 def test_a_flood_is_recorded_whole_shed_from_the_model_and_answered_within_a_second(
         tiny_model_dir, library, tmp_path):
-    s, sched, first, played = flooded(tiny_model_dir, library, tmp_path, shed_after_ms=250.0)
+    s, sched, first, played, gap = flooded(tiny_model_dir, library, tmp_path,
+                                           shed_after_ms=250.0)
     assert human_note_ons(tmp_path / "flood.mid") == played, "a played note is not recorded"
     assert s.intake.shed > 0
     assert s.snapshot().latency.dropped == s.intake.dropped >= s.intake.shed
     assert first and first[0] < 1.0, f"first answer note {first[:1]} s after the flood"
     assert not s.keys_down and not sched.sounding() and not sched.errors
+    assert gap < 0.2, "the heartbeat stopped long enough for the I/O watchdog to panic"
 
 
 def test_a_flood_stalls_the_session_when_nothing_is_shed(tiny_model_dir, library, tmp_path):
     """The same flood with shedding off: the answer comes seconds late (what the shedding
     fixes; if this ever answers in time the flood above no longer tests anything)."""
-    s, sched, first, played = flooded(tiny_model_dir, library, tmp_path,
-                                      shed_after_ms=float("inf"))
+    s, sched, first, played, gap = flooded(tiny_model_dir, library, tmp_path,
+                                           shed_after_ms=float("inf"))
     assert s.intake.shed == 0
     assert not first or first[0] > 1.0
 

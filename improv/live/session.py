@@ -58,6 +58,7 @@ log = logging.getLogger("improv.live.session")
 
 PROGRAM = "program"  # the scheduler tag of a program change
 MAX_RESPONSE_BARS = 16
+INTAKE_SLICE_S = 0.02  # the most one turn of the loop spends on input (the watchdog: 200 ms)
 
 
 class Session:
@@ -211,8 +212,11 @@ class Session:
     def tick_once(self, timeout: float) -> None:
         """One turn of the loop: input, intents, call end, generation, snapshot."""
         item = self.inbox.get(timeout=timeout)
-        while item is not None:  # everything already waiting, before the model runs again
+        until = self.clock.time_fn() + INTAKE_SLICE_S
+        while item is not None:  # what is waiting, before the model runs again
             self.router.on_message(item[1], item[0])
+            if self.clock.time_fn() > until:  # a flood: the heartbeat and the answer first
+                break
             item = self.inbox.get_nowait()
         while True:
             try:

@@ -112,3 +112,25 @@ def test_program_changes_switch_presets_only_when_asked_to(tiny_model_dir, libra
     s.tick_once(0)
     want = library.by_number(3 if opt_in else 1).name
     assert s.preset.name == want and s.state == State.IDLE
+
+
+def test_a_stale_note_is_recorded_but_shed_and_a_fed_key_is_always_released(tiny_model_dir,
+                                                                           library):
+    s, sim, clock, sched = make_session(tiny_model_dir, library)
+    recorded = []
+    s.recorder = type("Rec", (), {"add": lambda self, track, m, tick: recorded.append(
+        (track, m.type, m.note, m.velocity))})()
+    late = sim.t - 0.3  # older than shed_after_ms (250)
+    s.submit(mido.Message("note_on", note=60, velocity=80), sim.t)  # fresh: fed
+    s.submit(mido.Message("note_on", note=62, velocity=80), late)  # stale: shed
+    s.tick_once(0)
+    assert s.keys_down == {60} and s.intake.shed == 1
+    s.submit(mido.Message("note_off", note=60), late)  # stale, but its key was fed
+    s.submit(mido.Message("note_off", note=62), late)  # stale, its key never was
+    s.tick_once(0)
+    assert not s.keys_down and not s.stream.encoder.sounding
+    assert s.intake.shed == 2
+    assert recorded == [("human", "note_on", 60, 80), ("human", "note_on", 62, 80),
+                        ("human", "note_off", 60, 0), ("human", "note_off", 62, 0)]
+    s.publish(force=True)
+    assert s.snapshot().latency.dropped == 2

@@ -5,8 +5,8 @@ control channel, a preset switch), a CC is a panic (:mod:`improv.live.panic`), t
 end-call pedal, a bound knob or the player's pedal (recorded, passed on with thru, as
 pitch bend and aftertouch are), a program change switches presets (when
 ``SessionOptions.program_change``), MIDI beat clock and transport go to the clock
-follower. The message's timestamp becomes a stream tick here, the last place
-seconds appear on the way in.
+follower. A note's timestamp becomes a stream tick in :mod:`improv.live.intake`, the last
+place seconds appear on the way in.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ mode the answer plays on under the new call.
 
 Time is stream ticks (clock ticks + ``offset``: a MIDI master may move the song
 position, the stream only runs forward); seconds appear only where the clock
-turns an input's timestamp into a tick. Knobs and presets: :mod:`improv.live.controls`.
+turns an input's timestamp into a tick. Knobs and presets: :mod:`improv.live.controls`;
+the input's way in (recorded on arrival, shed from the model when stale):
+:mod:`improv.live.intake`; panic: :mod:`improv.live.panic`; the recording's tempo map and
+markers: :mod:`improv.live.marks`.
 """
 
 from __future__ import annotations

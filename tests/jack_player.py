@@ -37,10 +37,14 @@ def heard(port_part: str):
 class Keys:
     """The player's keyboard: one rtmidi client patched into the jam's input."""
 
+    made = 0
+
     def __init__(self, target: str) -> None:
         import rtmidi
 
-        self._rt = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK, name="e2e-keys")
+        Keys.made += 1  # a client name of its own: the probe patches it by name
+        self.client = f"e2e-keys-{os.getpid()}-{Keys.made}"
+        self._rt = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK, name=self.client)
         ports = self._rt.get_ports()
         self._rt.open_port(next(i for i, n in enumerate(ports) if target in n), "keys")
 
@@ -53,10 +57,11 @@ class Keys:
         test must test improv, not that race)."""
         import rtmidi
 
-        ear = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="e2e-probe")
+        ear = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name=f"{self.client}-probe")
         ear.open_virtual_port("in")
         try:
-            subprocess.run(["jack_connect", "e2e-keys:keys", "e2e-probe:in"], check=True,
+            subprocess.run(["jack_connect", f"{self.client}:keys", f"{self.client}-probe:in"],
+                           check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -71,6 +76,7 @@ class Keys:
 
     def close(self) -> None:
         self._rt.close_port()
+        self._rt.delete()
 
 
 def connect(tag: str):

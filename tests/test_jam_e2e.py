@@ -86,6 +86,13 @@ def test_jam_answers_on_the_beat_and_ends_every_note(jack_backend, tiny_model_di
     heard = json.loads((tmp_path / "heard.json").read_text())
     got = [(t, mido.Message.from_bytes(b)) for t, b in heard["received"]]
     assert heard["heard_start"], f"no MIDI clock Start from the jam:\n{output}"
+    # Clock out as a DAW expects it: Song Position 0 and Start, pulses, and at the end of the
+    # set Stop, then the Song Position where it stopped (a slaved DAW must not keep rolling).
+    kinds = [m.type for _, m in got]
+    assert "stop" in kinds, f"no MIDI clock Stop at the end of the set:\n{output}"
+    after_stop = kinds[kinds.index("stop") + 1:]
+    assert after_stop[:1] == ["songpos"] and "clock" not in after_stop[1:2]
+    assert kinds[kinds.index("start") - 1] == "songpos"
     assert proc.returncode == 0, output
     notes = [(t, m) for t, m in got if m.type in ("note_on", "note_off")]
     ons = [(t, m) for t, m in notes if m.type == "note_on" and m.velocity > 0]

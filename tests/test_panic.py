@@ -109,3 +109,54 @@ def test_panic_ccs_are_configurable(tiny_model_dir, library):
     s.submit(mido.Message("control_change", control=119, value=127), sim.t)
     s.tick_once(0)
     assert s.state == State.IDLE
+
+
+def test_panic_key_on_the_real_session_thread_and_scheduler(tiny_model_dir, library):
+    """Threads and the real scheduler: the answer does not resume after the panic."""
+    import threading
+    import time
+
+    from improv.core.presets import apply_overrides
+    from improv.live.clock import Clock
+    from improv.live.engine import Engine
+    from improv.live.scheduler import Scheduler
+    from improv.live.session import Session, SessionOptions
+
+    class Out:
+        def __init__(self):
+            self.sent, self.lock = [], threading.Lock()
+
+        def send(self, msg):
+            with self.lock:
+                self.sent.append((time.monotonic(), msg))
+
+    out, clock = Out(), Clock(240.0)
+    sched = Scheduler(out, clock)
+    preset = apply_overrides(library.by_number(1), silence_beats=1.0, response_bars=8)
+    s = Session(Engine(tiny_model_dir, provider="cpu"), clock, sched, library, preset,
+                options=SessionOptions(seed=1)).start()
+    try:
+        for p in (60, 64, 67):
+            s.submit(mido.Message("note_on", note=p, velocity=90))
+            time.sleep(0.05)
+            s.submit(mido.Message("note_off", note=p))
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline and not any(
+                m.type == "note_on" and m.velocity for _, m in list(out.sent)):
+            time.sleep(0.005)
+        assert s.snapshot().state == State.RESPONDING, "no answer to panic in"
+        s.send(Panic())
+        deadline = time.monotonic() + 2.0
+        while s.snapshot().state != State.IDLE and time.monotonic() < deadline:
+            time.sleep(0.002)
+        idle = time.monotonic()
+        assert s.snapshot().state == State.IDLE
+        time.sleep(1.0)  # the bug: the answer came back 0.4 s after a panic
+        assert s.snapshot().state == State.IDLE
+        with out.lock:
+            after = [m for t, m in out.sent if t > idle and m.type == "note_on" and m.velocity]
+        assert not after, f"machine notes after the panic: {after}"
+        assert not sched.sounding()
+    finally:
+        s.stop()
+        sched.stop()

@@ -128,3 +128,15 @@ def test_thru_passes_the_players_pedals_bend_and_touch_and_records_them(tiny_mod
     human = [m for _, m in track(mido.MidiFile(s.recorder.close()), "human")
              if not m.is_meta]
     assert [m.copy(time=0) for m in human] == played
+
+
+def test_a_meter_change_is_in_the_file(tiny_model_dir, library, tmp_path):
+    s, sim, clock, sched = make_session(tiny_model_dir, library)
+    s.recorder = SessionRecorder(tmp_path / "set.mid", bpm=clock.bpm)
+    sim.t += 3.0  # two bars at 160 BPM
+    clock.set_meter(3, 4)
+    s.tick_once(0)
+    meters = [(t, (m.numerator, m.denominator)) for t, m in
+              track(mido.MidiFile(s.recorder.close()), "tempo") if m.type == "time_signature"]
+    assert clock.bar_origin == 2 * 96  # the bar line it changed on: bar 3 (24 ticks a quarter)
+    assert meters == [(0, (4, 4)), (2 * 4 * 480, (3, 4))]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-import mido
 import pytest
 
 from improv.live import midi_in
@@ -88,11 +87,11 @@ def test_messages_are_stamped_with_the_backends_time_not_the_polls(jack_backend,
             time.sleep(0.013)
         assert wait_for(lambda: len(inp.queue) >= 12)
         got = [t for t, m in inp.queue.drain() if m.type == "note_on"]
-        gaps = [b - a for a, b in zip(got, got[1:])]
-        sent_gaps = [b - a for a, b in zip(sent, sent[1:])]
+        gaps = [b - a for a, b in zip(got, got[1:], strict=False)]
+        sent_gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
         # Polled every 20 ms, poll times would show gaps of 0 or 20 ms; the backend's
         # times keep the 13 ms spacing within a JACK period or two.
-        assert max(abs(g - s) for g, s in zip(gaps, sent_gaps)) < 0.004
+        assert max(abs(g - s) for g, s in zip(gaps, sent_gaps, strict=True)) < 0.004
     finally:
         out.close_port()
         inp.close()
@@ -113,4 +112,22 @@ def test_a_deaf_input_is_reopened_by_its_watcher_and_said(jack_backend, monkeypa
         assert inp.heard is True and not inp.deaf
     finally:
         watcher.stop()
+        inp.close()
+
+
+def test_a_whole_sysex_even_a_large_one_is_dropped_and_the_input_goes_on(jack_backend):
+    name = f"improv in sy-{os.getpid()}"
+    inp = MidiInput(name, backend=jack_backend, virtual=True)
+    out = _raw_sender(name)
+    try:
+        _settle(out, inp)
+        out.send_message([0xF0, 0x7D, 0x01, 0x02, 0x03, 0xF7])
+        out.send_message([0xF0, 0x7D] + [i % 128 for i in range(4000)] + [0xF7])  # a dump
+        out.send_message([0x90, 64, 100])
+        assert wait_for(lambda: len(inp.queue) >= 1, 2.0)
+        time.sleep(0.1)
+        assert _notes(inp) == [("note_on", 64)]  # nothing of either SysEx came through
+        assert inp._port.rescued == 0
+    finally:
+        out.close_port()
         inp.close()

@@ -54,8 +54,8 @@ class Intake:
     def expression(self, msg: mido.Message, t: float) -> None:
         """A pedal CC, pitch bend or aftertouch: recorded as the player's, forwarded on thru."""
         s = self.session
-        if s.recorder is not None:
-            s.recorder.add("human", msg, max(0.0, s.clock.time_to_tick(t)))
+        if s.recorder is not None:  # on the channel the human track's notes are on
+            s.recorder.add("human", msg.copy(channel=0), max(0.0, s.clock.time_to_tick(t)))
         if s.options.thru:
             s.scheduler.schedule(msg.copy(channel=s.preset.midi_channel), None, tag=THRU)
 

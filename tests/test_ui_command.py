@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 
 from bench.terminal import Pty
-from improv.commands import jam_ui
+from improv.commands import jam_ui, teardown
 from improv.commands.ui import main as ui_main
 from improv.live.api_server import ApiServer
 from improv.live.session_api import Snapshot, State, Stop, encode_line
@@ -126,17 +126,18 @@ def test_a_ui_that_quits_ends_the_set(runtime, monkeypatch):
         assert jam_ui.run_with_ui(FakeSession(), server, None, 20, threading.Event()) is None
 
 
-def test_a_killed_ui_is_one_line_and_the_set_plays_on(runtime, monkeypatch, capsys):
+def test_a_killed_ui_is_one_line_and_the_set_plays_on(runtime, monkeypatch, capfd):
     monkeypatch.setattr(jam_ui, "ui_command", slow_ui("import os, signal; "
                                                       "os.kill(os.getpid(), signal.SIGKILL)"))
     with ApiServer(FakeSession()) as server:
         why = jam_ui.run_with_ui(FakeSession(), server, None, 20, threading.Event())
     assert why == "was killed (SIGKILL)"
-    err = capsys.readouterr().err
+    teardown.drain(5.0)  # the jam's lines are written by a printer thread
+    err = capfd.readouterr().err
     assert err.count("\n") == 1 and "the stage UI was killed (SIGKILL); the set plays on" in err
 
 
-def test_a_hung_ui_is_ended_and_the_set_plays_on(runtime, monkeypatch, capsys):
+def test_a_hung_ui_is_ended_and_the_set_plays_on(runtime, monkeypatch, capfd):
     # connects, says hello, and never reads again: the server drops it, the jam ends it
     hello = encode_line({"hello": {"pid": 0}}).decode().strip()
     code = ("import os, socket, sys, time; s = socket.socket(socket.AF_UNIX); "
@@ -155,7 +156,8 @@ def test_a_hung_ui_is_ended_and_the_set_plays_on(runtime, monkeypatch, capsys):
     finally:
         server.close()
     assert why == "stopped answering and was ended"
-    assert "the set plays on" in capsys.readouterr().err
+    teardown.drain(5.0)
+    assert "the set plays on" in capfd.readouterr().err
 
 
 def test_the_set_ending_says_bye_to_the_ui(runtime, monkeypatch):

@@ -17,13 +17,23 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from improv.commands import teardown
+from improv.commands.checks import (
+    OneLineParser,
+    bpm_arg,
+    channel_arg,
+    check_record_path,
+    fail,
+    meter_arg,
+    number_arg,
+)
+from improv.commands.checks import parse_meter as _parse_meter
 from improv.commands.jam_ui import (
     headless_seconds,
     run_with_ui,
@@ -39,6 +49,7 @@ from improv.live.session import Session, SessionOptions
 from improv.live.session_api import PortView, State
 
 log = logging.getLogger("improv.commands.jam")
+TEARDOWN_LIMIT_S = 8.0  # a shutdown that takes longer ends the process (see teardown.Watchdog)
 
 
 class JamError(Exception):
@@ -73,20 +84,24 @@ def sessions_dir() -> Path:
 def add_rig_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
     ap.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    ap.add_argument("--threads", type=number_arg("--threads", 1, 64, integer=True), default=1,
+                    help="ONNX Runtime threads (default 1)")
     ap.add_argument("--preset", default=None, help="preset name or number (see 'improv presets')")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a preset field, e.g. --set temperature=0.7 (repeatable)")
-    ap.add_argument("--bpm", type=knobs.arg_type("bpm"), default=None,
-                    help="tempo (default: preset or 120)")
-    ap.add_argument("--meter", default="4/4", help="meter, e.g. 3/4 (default 4/4)")
+    ap.add_argument("--bpm", type=bpm_arg, default=None,
+                    help="tempo, 30 to 300 (default: the preset's, or 120)")
+    ap.add_argument("--meter", type=meter_arg, default="4/4", help="meter, e.g. 3/4 (default 4/4)")
     ap.add_argument("--seed", type=int, default=None, help="seed the sampler (reproducible)")
     ap.add_argument("--mode", choices=knobs.FIELDS["mode"].choices, default=None,
                     help="stop the answer when you play (call_response) or play over it")
     ap.add_argument("--record", type=Path, default=None, help="recording path (.mid)")
     ap.add_argument("--no-record", action="store_true", help="do not record the session")
-    ap.add_argument("--seconds", type=float, default=None, help="stop by itself after N seconds")
-    ap.add_argument("--lookahead", type=float, default=1.0, help="beats generated ahead")
+    ap.add_argument("--seconds", type=number_arg("--seconds", 0, 1e7, lo_open=True),
+                    default=None, help="stop by itself after N seconds")
+    ap.add_argument("--lookahead", type=number_arg("--lookahead", 0, 8, lo_open=True),
+                    default=1.0, help="beats generated ahead of playback, more than 0 up to 8 "
+                    "(default 1)")
 
 
 @dataclass
@@ -102,23 +117,31 @@ class Rig:
 
     def close(self) -> None:
         # Session first (it stops generating), then the scheduler's panic ends every note,
-        # then the recording is closed with those note-offs in it, then the ports.
-        with contextlib.suppress(Exception):
-            self.session.stop()
-        with contextlib.suppress(Exception):
-            self.scheduler.stop()
+        # then the recording is closed with those note-offs in it, then the ports. Every step
+        # is waited for a limited time: a MIDI server that vanished, an I/O process that stopped
+        # reading or a stalled disk must not hold the exit.
+        if not teardown.bounded(self.session.stop, 2.5, "the session"):
+            _kill_io(self.scheduler)  # its panic waits on a pipe nobody reads
+        if not teardown.bounded(self.scheduler.stop, 2.0, "the MIDI I/O process"):
+            _kill_io(self.scheduler)
         if self.recorder is not None:
-            with contextlib.suppress(Exception):
-                self.recorder.close()
+            teardown.bounded(self.recorder.close, 2.0, "the recording")
         for c in reversed(self.closers):
-            with contextlib.suppress(Exception):
-                c.close() if hasattr(c, "close") else c.stop()
+            teardown.bounded(c.close if hasattr(c, "close") else c.stop, 1.0, f"closing {c}")
+
+
+def _kill_io(scheduler) -> None:
+    """The I/O process, stuck (in a MIDI server that went away): ended, so nothing waits on it."""
+    process = getattr(scheduler, "process", None)
+    if process is not None:
+        with contextlib.suppress(Exception):
+            process.kill()
 
 
 def load_preset(args: argparse.Namespace):
     library = PresetLibrary()
     for err in library.errors:
-        print(f"improv: {err}", file=sys.stderr)
+        teardown.err(f"improv: {err}")
     which = args.preset
     preset = library.default() if which is None else library.find(which)
     changes = parse_overrides(args.overrides) if args.overrides else {}
@@ -132,10 +155,9 @@ def load_preset(args: argparse.Namespace):
 
 def parse_meter(text: str) -> tuple[int, int]:
     try:
-        num, den = (int(x) for x in text.split("/"))
-        return num, den
-    except ValueError:
-        raise JamError(f"meter {text!r} is not like 4/4; write NUMERATOR/DENOMINATOR") from None
+        return _parse_meter(text)
+    except ValueError as e:
+        raise JamError(str(e)) from None
 
 
 def io_config(args: argparse.Namespace, preset, follow: bool) -> dict:
@@ -169,8 +191,14 @@ def build_rig(args: argparse.Namespace, output=None, inbox=None, ports=(), follo
         from improv.live.recording import SessionRecorder
 
         path = args.record or sessions_dir() / dt.datetime.now().strftime("%Y-%m-%d_%H%M%S.mid")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            check_record_path(path)
+        except ValueError as e:
+            raise JamError(str(e)) from None
         recorder = SessionRecorder(path, bpm=bpm, meter=(num, den))
+        if recorder.set_aside is not None:
+            teardown.err(f"improv: {recorder.journal.name} was left by a start that recorded no "
+                         f"note; moved aside to {recorder.set_aside.name}")
 
     on_sent = machine_track(recorder, clock)  # the machine's notes; thru notes are the player's
 
@@ -181,7 +209,7 @@ def build_rig(args: argparse.Namespace, output=None, inbox=None, ports=(), follo
         try:
             link = IOLink(clock, io_config(args, preset, follower), on_sent=on_sent,
                           on_lost=on_lost)
-        except Exception:
+        except BaseException:  # a signal in start-up too: no journal left to block a next start
             if recorder is not None:
                 recorder.close()
             raise
@@ -192,14 +220,17 @@ def build_rig(args: argparse.Namespace, output=None, inbox=None, ports=(), follo
         scheduler = Scheduler(output, clock,
                               latency_ms=getattr(args, "latency_ms", 0.0) or 0.0,
                               on_sent=on_sent)
+    control = getattr(args, "control_channel", None)
     options = SessionOptions(lookahead_beats=args.lookahead, seed=args.seed,
                              # the I/O process forwards the player's notes itself
-                             thru=getattr(args, "thru", False) and link is None)
+                             thru=getattr(args, "thru", False) and link is None,
+                             control_channel=None if control is None else control - 1,
+                             program_change=bool(getattr(args, "program_change", False)))
     from improv.live.midi_learn import Learner, load_bindings, save_bindings
 
     bindings, problem = load_bindings()
     if problem is not None:
-        print(f"improv: {problem} (using the default CC bindings)", file=sys.stderr)
+        teardown.err(f"improv: {problem} (using the default CC bindings)")
     session = Session(engine, clock, scheduler, library, preset, options=options, inbox=inbox,
                       recorder=recorder, controls=Learner(bindings), ports=tuple(ports),
                       on_learned=lambda b: _save_in_background(save_bindings, b))
@@ -231,7 +262,8 @@ def _save_quietly(save, bindings) -> None:
 
 def run_headless(rig: Rig, seconds: float | None, stop: threading.Event, log=None) -> None:
     """Plain lines: state changes as they happen, latency every few seconds. ``log``: where
-    the session's lines come from (the API server's tap when it drains the session)."""
+    the session's lines come from (the API server's tap when it drains the session). The
+    lines go through a printer: a closed or stalled stdout silences them, the set plays on."""
     session = rig.session
     drain = session.drain_log if log is None else log.drain
     last_state = None
@@ -242,15 +274,15 @@ def run_headless(rig: Rig, seconds: float | None, stop: threading.Event, log=Non
             break
         snap = session.snapshot()
         for line in drain():
-            print(f"[{snap.beat:8.2f}] {line}", flush=True)
+            teardown.out(f"[{snap.beat:8.2f}] {line}")
         if snap.state != last_state:
-            print(f"[{snap.beat:8.2f}] state: {snap.state.value}", flush=True)
+            teardown.out(f"[{snap.beat:8.2f}] state: {snap.state.value}")
             last_state = snap.state
         if time.monotonic() - last_report >= 5.0:
             last_report = time.monotonic()
-            print(latency_line(snap), flush=True)
+            teardown.out(latency_line(snap))
         stop.wait(0.02)
-    print(latency_line(session.snapshot()), flush=True)
+    teardown.out(latency_line(session.snapshot()))
 
 
 def latency_line(snap) -> str:
@@ -273,7 +305,7 @@ KNOB_FLAGS = tuple(n for n in knobs.LIVE if n != "bpm")
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog or "improv jam", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog=prog or "improv jam", description=__doc__.split("\n\n")[0])
     ap.add_argument("--in", dest="inp", default=None, help="input port (name or part of it)")
     ap.add_argument("--out", default=None, help="output port (name or part of it)")
     ap.add_argument("--virtual", action="store_true",
@@ -281,10 +313,17 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                     "when no --in/--out is given)")
     ap.add_argument("--backend", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
                     help="MIDI API (default: the platform's)")
-    ap.add_argument("--in-channel", type=int, default=None,
+    ap.add_argument("--in-channel", type=channel_arg("--in-channel"), default=None,
                     help="listen on this channel only (1-16)")
+    ap.add_argument("--control-channel", type=channel_arg("--control-channel"), default=None,
+                    metavar="N", help="a channel (1-16) for switching presets: a note there "
+                    "picks preset (note mod 12) + 1 and is not part of the call")
+    ap.add_argument("--program-change", action="store_true",
+                    help="program changes switch presets (on --control-channel when given, "
+                    "else on any channel); off by default, so a keyboard's own program "
+                    "changes do not")
     ap.add_argument("--thru", action="store_true", help="pass your notes to the output too")
-    ap.add_argument("--latency-ms", type=float, default=0.0,
+    ap.add_argument("--latency-ms", type=number_arg("--latency-ms", 0, 500), default=0.0,
                     help="send this much early, for a slow synth or a DAW's monitoring")
     ap.add_argument("--clock", choices=("internal", "midi"), default="internal",
                     help="internal tempo, or follow incoming MIDI beat clock")
@@ -336,7 +375,8 @@ def select_port(rig: Rig, inp, out, role: str, name: str) -> PortView:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parser(prog).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    me = prog or "improv jam"
+    teardown.log_to_stderr()  # through a printer: a stalled terminal never holds a thread
     # Python threads hand over the GIL every 5 ms by default: too coarse for 1 ms timing.
     sys.setswitchinterval(0.001)
     from improv.live.ports import PortError
@@ -344,12 +384,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     rig = server = None
     stop = threading.Event()
+    # before anything is built: a signal during start-up ends it as cleanly as a set
+    signals = teardown.Signals(stop).install()
+    status = 0
     try:
+        check_record_path(None if args.no_record else args.record)
         if not args.in_process:
-            rig = build_rig(args, follower=args.clock == "midi", on_lost=lambda: on_signal())
+            rig = build_rig(args, follower=args.clock == "midi", on_lost=stop.set)
             link = rig.scheduler
-            print(f"improv: listening on '{link.in_name}', playing to '{link.out_name}'",
-                  file=sys.stderr)
+            teardown.err(f"improv: listening on '{link.in_name}', playing to '{link.out_name}'")
             rig.session.port_panel.selector = lambda role, name: select_io_port(rig, role, name)
             link.on_port = lambda event, name, role: _port_event(rig, event, name, role)
             if link.in_heard is False:
@@ -357,40 +400,43 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                 "opens; check the MIDI server (JACK: jack_lsp)")
         else:
             rig = _in_process_rig(args)
-
-        def on_signal(*_) -> None:  # SIGTERM, SIGHUP (an SSH link drops), the I/O process lost
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, on_signal)
-        rig.session.start()
-        server = start_api_server(rig.session, args.socket)  # `improv ui` attaches here
-        started = time.monotonic()
-        ui = not args.no_tui and server is not None
-        if ui and not terminal_ok():
-            print("improv: no terminal for the stage UI; playing headless", file=sys.stderr)
-            ui = False
-        # the UI in its own process; without one, or once it is lost, the set plays on headless
-        if not ui or run_with_ui(rig.session, server, args.backend, args.seconds, stop):
-            run_headless(rig, headless_seconds(args.seconds, started), stop,
-                         None if server is None else server.tap())
-    except KeyboardInterrupt:
+        if not stop.is_set():
+            rig.session.start()
+            signals.running(rig.session)
+            server = start_api_server(rig.session, args.socket)  # `improv ui` attaches here
+            _play(args, rig, server, stop)
+    except KeyboardInterrupt:  # Ctrl-C twice during start-up
         pass
     except (JamError, PortError, PresetError, RecordingError, ValueError) as e:
-        print(f"improv jam: {e}", file=sys.stderr)
-        return 2
+        status = fail(me, e)
     finally:
+        signals.tearing_down()
+        watchdog = teardown.Watchdog(TEARDOWN_LIMIT_S).start()
         if server is not None:
-            server.close()
+            teardown.bounded(server.close, 2.0, "the UI socket")
         if rig is not None:
             rig.close()
             if rig.recorder is not None:
-                print(f"improv: session recorded to {rig.recorder.path}", file=sys.stderr)
-    if rig is not None and rig.session.error is not None:
-        print(f"improv jam: the session failed: {rig.session.error}", file=sys.stderr)
-        return 1
-    return 0
+                teardown.err(f"improv: session recorded to {rig.recorder.path}")
+        if rig is not None and rig.session.error is not None and status == 0:
+            teardown.err(f"{me}: the session failed: {rig.session.error}")
+            status = 1
+        teardown.drain(0.5)
+        watchdog.done()
+        signals.exiting()
+    return status
+
+
+def _play(args: argparse.Namespace, rig: Rig, server, stop: threading.Event) -> None:
+    """The set: with the stage UI in its own process, else (or once it is lost) headless."""
+    started = time.monotonic()
+    ui = not args.no_tui and server is not None
+    if ui and not terminal_ok():
+        teardown.err("improv: no terminal for the stage UI; playing headless")
+        ui = False
+    if not ui or run_with_ui(rig.session, server, args.backend, args.seconds, stop):
+        run_headless(rig, headless_seconds(args.seconds, started), stop,
+                     None if server is None else server.tap())
 
 
 _PORT_EVENTS = {
@@ -416,7 +462,7 @@ def _in_process_rig(args: argparse.Namespace) -> Rig:
     from improv.live.ports import PortWatcher
 
     inp, out = open_ports(args)
-    print(f"improv: listening on '{inp.name}', playing to '{out.name}'", file=sys.stderr)
+    teardown.err(f"improv: listening on '{inp.name}', playing to '{out.name}'")
     ports = (PortView("in", inp.name, True, inp.virtual),
              PortView("out", out.name, True, out.virtual))
     try:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+from improv.commands import teardown
 from improv.live.api_server import ApiServer
 
 # leave the alternate screen, show the cursor, stop mouse reports and bracketed paste: what a
@@ -30,6 +32,7 @@ from improv.live.api_server import ApiServer
 RESET_TERMINAL = ("\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l"
                   "\x1b[?2004l\x1b[0m")
 BYE_WAIT = 3.0  # seconds a UI gets to go after the jam said bye, before it is ended
+KILL_WAIT = 2.0  # seconds to reap a UI after SIGKILL (one stuck in the kernel is left behind)
 
 
 def start_api_server(session, socket_path: str | None = None) -> ApiServer | None:
@@ -37,8 +40,7 @@ def start_api_server(session, socket_path: str | None = None) -> ApiServer | Non
     try:
         return ApiServer(session, socket_path).start()
     except OSError as e:
-        print(f"improv: no UI socket ({e}); 'improv ui' cannot attach to this jam",
-              file=sys.stderr)
+        teardown.err(f"improv: no UI socket ({e}); 'improv ui' cannot attach to this jam")
         return None
 
 
@@ -66,8 +68,8 @@ class TerminalHold(logging.Handler):
 
     def __enter__(self) -> TerminalHold:
         root = logging.getLogger()
-        self.held = [h for h in root.handlers if isinstance(h, logging.StreamHandler)
-                     and not isinstance(h, logging.FileHandler)]
+        self.held = [h for h in root.handlers if isinstance(h, teardown.PrinterHandler) or (
+            isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler))]
         for h in self.held:
             root.removeHandler(h)
         root.addHandler(self)
@@ -90,13 +92,16 @@ class TerminalHold(logging.Handler):
         threading.Thread(target=self._forward, args=(r,), name="improv-stdio", daemon=True).start()
 
     def _forward(self, r: int) -> None:
+        # This thread must outlive any fault of the server's: if it stopped reading, the pipe
+        # would fill and every print (and every thread logging) would wait on it for ever.
         buf = b""
         with contextlib.suppress(OSError):
             while data := os.read(r, 65536):
                 *lines, buf = (buf + data).split(b"\n")
                 for line in lines:
                     if line.strip():
-                        self.server.say(line.decode(errors="replace").rstrip())
+                        with contextlib.suppress(Exception):
+                            self.server.say(line.decode(errors="replace").rstrip())
         os.close(r)
 
     def __exit__(self, *_) -> None:
@@ -134,12 +139,11 @@ def _restore_terminal(saved) -> None:
     if saved is not None:
         import termios
 
-        with contextlib.suppress(Exception):
-            termios.tcsetattr(saved[0], termios.TCSADRAIN, saved[1])
+        with contextlib.suppress(Exception):  # TCSANOW: a terminal that stopped reading
+            termios.tcsetattr(saved[0], termios.TCSANOW, saved[1])  # must not hold us
     with contextlib.suppress(Exception):
-        if sys.stdout.isatty():
-            sys.stdout.write(RESET_TERMINAL + "\n")
-            sys.stdout.flush()
+        if os.isatty(2):  # stderr's printer: before the line saying the UI was lost
+            teardown.err(RESET_TERMINAL)
 
 
 def run_with_ui(session, server: ApiServer, backend: str | None, seconds: float | None,
@@ -149,6 +153,7 @@ def run_with_ui(session, server: ApiServer, backend: str | None, seconds: float 
     ended)."""
     t_end = None if seconds is None else time.monotonic() + seconds
     saved = _save_terminal()
+    hangup = _HangupWatch(0)
     lost = None
     child = None
     try:
@@ -156,12 +161,15 @@ def run_with_ui(session, server: ApiServer, backend: str | None, seconds: float 
             try:
                 child = subprocess.Popen(ui_command(server, backend))  # the terminal is its now
             except OSError as e:
-                print(f"improv: could not start the stage UI ({e}); playing headless",
-                      file=sys.stderr)
+                teardown.err(f"improv: could not start the stage UI ({e}); playing headless")
                 return "could not start"
             hold.redirect()
             try:
                 while True:
+                    if hangup.seen():  # the terminal is gone (a killed tmux, a dropped link)
+                        stop.set()  # as a SIGHUP would: the set ends
+                        _end(child)  # nothing left to draw on; no bye to wait for
+                        break
                     rc = child.poll()
                     if rc is not None:
                         if rc != 0:
@@ -173,27 +181,54 @@ def run_with_ui(session, server: ApiServer, backend: str | None, seconds: float 
                         break
                     if any(pid == child.pid for pid, _ in list(server.dropped)):
                         lost = "stopped answering and was ended"
-                        child.kill()
-                        child.wait()
+                        _end(child)
                         break
                     stop.wait(0.05)
             finally:
                 if child.poll() is None:  # the set is over: say bye, and it goes by itself
-                    server.close()
+                    teardown.bounded(server.close, 2.0, "the UI socket")
                     try:
                         child.wait(BYE_WAIT)
                     except subprocess.TimeoutExpired:
-                        child.kill()
-                        child.wait()
+                        _end(child)
                         lost = lost or "did not go"
     finally:  # also on Ctrl-C: a UI that died in raw mode must not leave the terminal so
         if child is not None and child.returncode != 0:
             _restore_terminal(saved)
     if lost is not None and session.running and not stop.is_set():
-        print(f"improv: the stage UI {lost}; the set plays on without it "
-              f"(Ctrl-C ends it; 'improv ui' attaches a new UI)", file=sys.stderr, flush=True)
+        teardown.err(f"improv: the stage UI {lost}; the set plays on without it "
+                     f"(Ctrl-C ends it; 'improv ui' attaches a new UI)")
         return lost
     return None
+
+
+class _HangupWatch:
+    """Whether the terminal on ``fd`` hung up. A process without a controlling terminal (a
+    session of its own, a pty handed to it) gets no SIGHUP when its terminal goes away; the
+    terminal then reports a hangup on poll."""
+
+    def __init__(self, fd: int) -> None:
+        self.poller = None
+        if hasattr(select, "poll"):
+            with contextlib.suppress(OSError, ValueError):
+                poller = select.poll()
+                poller.register(fd, 0)  # POLLHUP, POLLERR and POLLNVAL come unasked
+                self.poller = poller
+
+    def seen(self) -> bool:
+        if self.poller is None:
+            return False
+        try:
+            events = self.poller.poll(0)
+        except OSError:
+            return False
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events)
+
+
+def _end(child: subprocess.Popen) -> None:
+    child.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(KILL_WAIT)
 
 
 def headless_seconds(seconds: float | None, started: float) -> float | None:

@@ -88,11 +88,14 @@ class SessionRecorder:
         first = [(0, "t", _tempo_record(bpm)), (0, "t", _meter_record(*meter))]
         self.path = Path(path)
         self.journal = journal_path(self.path)
+        self.set_aside: Path | None = None  # where a note-less leftover journal was moved
         if self.journal.exists():
-            raise RecordingError(
-                f"{self.journal} is left from an earlier session: run "
-                f"'improv recover {self.journal}' to save it, or delete it"
-            )
+            self.set_aside = _set_aside_if_empty(self.journal)
+            if self.set_aside is None:
+                raise RecordingError(
+                    f"{self.journal} is left from an earlier session: run "
+                    f"'improv recover {self.journal}' to save it, or delete it"
+                )
         if not self.path.parent.is_dir():
             raise RecordingError(f"folder {self.path.parent} does not exist: create it first")
         try:
@@ -214,6 +217,30 @@ class SessionRecorder:
 
 
 _STOP = object()
+
+
+def _set_aside_if_empty(journal: Path) -> Path | None:
+    """A journal a start left without a single note (a signal or a crash while the model
+    loaded) blocks nothing: it is moved to ``NAME.mid.partial.empty`` and that path returned.
+    None when it holds notes (or cannot be read): those are the player's, never moved."""
+    try:
+        records, _bad = read_journal(journal)
+    except RecordingError:
+        try:
+            empty = journal.stat().st_size == 0
+        except OSError:
+            return None
+        if not empty:
+            return None
+        records = []
+    if any(track in TRACKS for _, track, _ in records):
+        return None
+    aside = journal.with_name(journal.name + ".empty")
+    try:
+        os.replace(journal, aside)
+    except OSError:
+        return None
+    return aside
 
 
 # --- journal -> MIDI file ------------------------------------------------------------------

@@ -189,3 +189,34 @@ def test_a_keyboard_unplugged_and_back_is_reported_to_the_session(jack_backend):
     finally:
         io.stop()
         keyboard.close()
+
+
+class _Wire:
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    def send(self, item: tuple) -> None:
+        self.sent.append(item)
+
+
+def test_two_controllers_on_one_key_do_not_release_each_other_and_a_lost_one_lets_go():
+    from improv.live.echo import EchoGuard
+    from improv.live.rtio import _Inlet
+
+    wire, thru = _Wire(), []
+    inlet = _Inlet(wire, None, thru.append, EchoGuard(None))
+
+    def notes() -> list[tuple[str, int, int]]:
+        msgs = [mido.Message.from_bytes(item[2]) for item in wire.sent if item[0] == "i"]
+        return [(m.type, m.note, m.velocity) for m in msgs]
+
+    inlet.put(0.0, mido.Message("note_on", note=60, velocity=80))  # keyboard A holds C
+    inlet.put(0.1, mido.Message("note_on", note=60, velocity=70))  # keyboard B strikes C
+    inlet.put(0.2, mido.Message("note_off", note=60))  # ... and lets go: A still holds it
+    assert notes() == [("note_on", 60, 80)] and len(thru) == 1
+    inlet.put(0.3, mido.Message("note_on", note=64, velocity=90))
+    assert inlet.release_all() == 2  # A unplugged with C and E down
+    assert notes()[-2:] == [("note_off", 60, 0), ("note_off", 64, 0)]
+    assert [m.type for m in thru[-2:]] == ["note_off", "note_off"] and not inlet.held
+    inlet.put(0.4, mido.Message("note_off", note=60))  # a stray release still passes
+    assert notes()[-1][:2] == ("note_off", 60)

@@ -183,9 +183,13 @@ def test_a_restarted_keyboard_and_synth_are_reconnected_within_a_second(
     try:
         for restart, role in (("keyboard", "input"), ("synth", "output")):  # killed, restarted
             if restart == "keyboard":
+                keyboard.send_message([0x90, 60, 90])  # unplugged with a key held
+                time.sleep(0.2)
                 keyboard.close_port()
                 keyboard.delete()
                 jam.wait_line(f"keys {tag}: unplugged", 5)
+                # The held key is let go: the call ends on silence, not after 8 bars.
+                assert jam.wait_line("call ended (silence)", 3.0) < 3.0
                 time.sleep(0.3)
                 keyboard = _virtual_out(f"keys {tag}")
             else:
@@ -264,3 +268,61 @@ def test_a_flood_is_shed_answers_come_back_within_a_second_nothing_is_lost_or_st
     human = [m for m in mido.MidiFile(record).tracks[1] if m.type == "note_on" and m.velocity]
     assert len(human) == sent, f"{len(human)} of {sent} played notes recorded"
     assert "dropped" in jam.text
+
+
+def test_panic_by_cc_123_and_by_sigusr1_stops_the_answer_until_the_next_call(
+        jack_backend, tiny_model_dir):
+    tag = f"pa{os.getpid()}"
+    jam = Jam(tiny_model_dir, "--virtual", "--in", f"improv in {tag}", "--out",
+              f"improv out {tag}", *MUSIC, "--set", "response_bars=4", "--set", "density=1")
+    ear = keys = None
+    try:
+        ear = Listener(f"improv out {tag}", client=f"ear{tag}")
+        keys = Keys(f"improv in {tag}")
+        assert keys.probe()
+        for how in ("cc123", "sigusr1"):
+            start = time.monotonic()
+            play_call(keys)
+            assert wait_for(lambda s=start: note_ons(ear, s), 10.0), jam.text
+            time.sleep(0.3)  # mid-answer
+            panicked = time.monotonic()
+            if how == "cc123":
+                keys.send(mido.Message("control_change", control=123, value=0))
+            else:
+                jam.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2.0)  # a 4-bar answer would still be playing
+            late = [t - panicked for t in note_ons(ear, panicked + 0.02)]
+            assert not late, f"{how}: machine note-ons {late} s after the panic\n{jam.text}"
+            assert not unended(ear), how
+        assert jam.count("panic") >= 2, jam.text
+    finally:
+        for p in (keys, ear):
+            if p is not None:
+                p.close()
+        assert jam.stop() == 0, jam.text
+
+
+def test_a_program_change_flood_neither_stalls_nor_aborts_the_set(jack_backend, tiny_model_dir):
+    tag = f"pc{os.getpid()}"
+    jam = Jam(tiny_model_dir, "--virtual", "--in", f"improv in {tag}", "--out",
+              f"improv out {tag}", "--program-change", *MUSIC)
+    ear = keys = None
+    try:
+        ear = Listener(f"improv out {tag}", client=f"ear{tag}")
+        keys = Keys(f"improv in {tag}")
+        assert keys.probe()
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < 2.0:  # 1,000 program changes a second
+            keys.send(mido.Message("program_change", program=i % 8))
+            i += 1
+            time.sleep(0.001)
+        end = time.monotonic()
+        play_call(keys)
+        assert wait_for(lambda: note_ons(ear, end), 5.0), f"no answer after the flood\n{jam.text}"
+    finally:
+        for p in (keys, ear):
+            if p is not None:
+                p.close()
+        code = jam.stop()
+    assert code == 0 and "terminate called" not in jam.text, jam.text

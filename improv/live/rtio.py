@@ -91,6 +91,36 @@ class _Inlet:
         self.guard = guard
         self.received = 0
         self._said_loop = False
+        # (channel, key) -> how many controllers hold it: two keyboards merged into one
+        # port must not release each other's key, and an unplugged one releases its own.
+        self.held: dict[tuple[int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def _first_or_last(self, msg: mido.Message) -> bool:
+        """Whether a note message passes: a key's first strike and its last release."""
+        key = (msg.channel, msg.note)
+        with self._lock:
+            n = self.held.get(key, 0)
+            if msg.type == "note_on" and msg.velocity > 0:
+                self.held[key] = n + 1
+                return n == 0
+            if n > 1:
+                self.held[key] = n - 1
+                return False
+            self.held.pop(key, None)
+            return True
+
+    def release_all(self) -> int:
+        """The keys held when the input went away (unplugged, reopened): their note-offs,
+        so the call ends and thru's synth lets go; returns how many."""
+        with self._lock:
+            keys, self.held = list(self.held), {}
+        for channel, note in keys:
+            off = mido.Message("note_off", channel=channel, note=note, velocity=0)
+            if self.thru is not None:
+                self.thru(off)
+            self.wire.send(("i", now(), bytes(off.bytes())))
+        return len(keys)
 
     def put(self, t: float, msg: mido.Message) -> None:
         self.received += 1
@@ -107,7 +137,9 @@ class _Inlet:
             self.follower.feed_message(msg, t)  # its mapping goes out before the message
             if kind == "clock":
                 return  # pulses are this process's business: only the mapping travels
-        elif self.thru is not None and kind in THRU:
+        elif kind in ("note_on", "note_off") and not self._first_or_last(msg):
+            return
+        if self.thru is not None and kind in THRU:
             self.thru(msg)
         self.wire.send(("i", t, data))
 
@@ -174,8 +206,13 @@ def serve(conn, config: dict) -> int:
         return 2
     # A keyboard unplugged mid-set or a synth restarted is found again when it returns;
     # an input that stops hearing its probe is reopened (a virtual one too).
+    def on_event(event: str, name: str, role: str) -> None:
+        if role == "in" and event in ("lost", "deaf"):
+            inlet.release_all()  # its note-offs went with it
+        wire.send(("w", event, name, role))
+
     watchers = [PortWatcher(port, on_event=lambda event, name, role=role:
-                            wire.send(("w", event, name, role))).start()
+                            on_event(event, name, role)).start()
                 for port, role in ((inp, "in"), (out, "out")) if role == "in" or not port.virtual]
     sender = None
     if config.get("clock_out"):

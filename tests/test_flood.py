@@ -6,6 +6,8 @@ than it can digest falls behind its input as a real one does.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import mido
 import pytest
 
@@ -37,7 +39,8 @@ def human_note_ons(path) -> int:
     return sum(1 for m in human if m.type == "note_on" and m.velocity > 0)
 
 
-def flooded(tiny_model_dir, library, tmp_path, shed_after_ms: float):
+def flooded(tiny_model_dir, library, tmp_path, shed_after_ms: float) -> SimpleNamespace:
+    """The flood, then a call 4 s after it; what came of them."""
     s, sim, clock, sched = make_session(tiny_model_dir, library, humanize_ms=0.0,
                                         response_start="beat", silence_beats=1.0,
                                         predict_handover=False)
@@ -46,45 +49,40 @@ def flooded(tiny_model_dir, library, tmp_path, shed_after_ms: float):
     costly(s.engine, sim, MS_PER_TOKEN)
     beats: list[float] = []  # the session's heartbeats, which the I/O process's watchdog needs
     sched.heartbeat = lambda: beats.append(sim.t)
-    start = 0.5
-    events = flood(start)
+    events = flood(0.5)
     end = max(t for t, _ in events)
-    behind: list[float] = []  # how far behind its input the session was, each turn
-
-    def check(session, sch):
-        no_stuck(session, sch)
-        if session.ingest_ms:
-            behind.append(session.ingest_ms[-1])
-
-    run(s, sim, sched, Script(events, stop_at=end + 4.0), check=check)
-    t0 = sim.t - (end + 4.0)
+    after = [(t + end + 4.0, m) for t, m in call_script(clock.bpm, stop_at=0).events]
+    run(s, sim, sched, Script(events + after, stop_at=end + 10.0), check=no_stuck)
+    t0 = sim.t - (end + 10.0)
     s.publish(force=True)
     s.recorder.close()
-    first = [x.t - t0 - end for x in sched.log
-             if x.tag == RESPONSE and x.msg.type == "note_on" and x.t - t0 > end]
-    gap = max(b - a for a, b in zip(beats, beats[1:], strict=False))
-    return s, sched, first, len(events) // 2, gap
+    ons = [x.t - t0 for x in sched.log if x.tag == RESPONSE and x.msg.type == "note_on"]
+    return SimpleNamespace(
+        s=s, sched=sched, played=len(events) // 2 + len(after) // 2,
+        first=[t - end for t in ons if end < t < end + 4.0],  # after the flood, seconds
+        next=[t for t in ons if t > after[-1][0]],  # the answer to the call after it
+        gap=max(b - a for a, b in zip(beats, beats[1:], strict=False)))
 
 
 def test_a_flood_is_recorded_whole_shed_from_the_model_and_answered_within_a_second(
         tiny_model_dir, library, tmp_path):
-    s, sched, first, played, gap = flooded(tiny_model_dir, library, tmp_path,
-                                           shed_after_ms=250.0)
-    assert human_note_ons(tmp_path / "flood.mid") == played, "a played note is not recorded"
+    f = flooded(tiny_model_dir, library, tmp_path, shed_after_ms=250.0)
+    s, sched = f.s, f.sched
+    assert human_note_ons(tmp_path / "flood.mid") == f.played, "a played note is not recorded"
     assert s.intake.shed > 0
     assert s.snapshot().latency.dropped == s.intake.dropped >= s.intake.shed
-    assert first and first[0] < 1.0, f"first answer note {first[:1]} s after the flood"
+    assert f.first and f.first[0] < 1.0, f"first answer note {f.first[:1]} s after the flood"
+    assert f.next, "the call after the flood got no answer"
     assert not s.keys_down and not sched.sounding() and not sched.errors
-    assert gap < 0.2, "the heartbeat stopped long enough for the I/O watchdog to panic"
+    assert f.gap < 0.2, "the heartbeat stopped long enough for the I/O watchdog to panic"
 
 
 def test_a_flood_stalls_the_session_when_nothing_is_shed(tiny_model_dir, library, tmp_path):
     """The same flood with shedding off: the answer comes seconds late (what the shedding
     fixes; if this ever answers in time the flood above no longer tests anything)."""
-    s, sched, first, played, gap = flooded(tiny_model_dir, library, tmp_path,
-                                           shed_after_ms=float("inf"))
-    assert s.intake.shed == 0
-    assert not first or first[0] > 1.0
+    f = flooded(tiny_model_dir, library, tmp_path, shed_after_ms=float("inf"))
+    assert f.s.intake.shed == 0
+    assert not f.first or f.first[0] > 1.0
 
 
 def test_a_program_change_flood_switches_a_bounded_number_of_times(tiny_model_dir, library):

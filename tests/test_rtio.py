@@ -220,3 +220,26 @@ def test_two_controllers_on_one_key_do_not_release_each_other_and_a_lost_one_let
     assert [m.type for m in thru[-2:]] == ["note_off", "note_off"] and not inlet.held
     inlet.put(0.4, mido.Message("note_off", note=60))  # a stray release still passes
     assert notes()[-1][:2] == ("note_off", 60)
+
+
+def test_thru_follows_the_presets_channel(jack_backend):
+    tag = f"rt{os.getpid()}t"
+    io = link(Clock(120.0), tag, thru_channel=0)
+    ear = listener(tag)
+    keys = player(jack_backend, tag)
+    try:
+        def heard_on(channel: int, note: int) -> bool:
+            return any(m.type == "note_on" and m.note == note and m.channel == channel
+                       for _, m in ear.copy())
+
+        # A fresh connection may miss its first cycle: strike until the first note is heard.
+        assert wait_for(lambda: keys.send(mido.Message("note_on", note=60, channel=2))
+                        or heard_on(0, 60))
+        io.set_thru_channel(5)  # a preset switch to a preset on channel 6
+        time.sleep(0.05)
+        keys.send(mido.Message("note_on", note=62, channel=2))
+        assert wait_for(lambda: heard_on(5, 62))
+    finally:
+        keys.close()
+        io.stop()
+        ear.close()

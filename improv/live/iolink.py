@@ -110,6 +110,11 @@ class IOLink:
     def panic(self) -> None:
         self._send(("p",))
 
+    def set_thru_channel(self, channel: int) -> None:
+        """Where the I/O process's thru sends the player's notes (0-15): the preset's channel
+        (thru off stays off)."""
+        self._send(("t", channel))
+
     def heartbeat(self) -> None:
         self._beat = time.monotonic()
 

@@ -25,9 +25,9 @@ Messages, as tuples on one duplex ``multiprocessing`` pipe (bench/transport.py
 measured it against a bytes pipe and a Queue: the fastest of the three):
 
 session -> here: ``("s", tick|None, bytes, tag)`` schedule, ``("c", tag)`` cancel,
-``("p",)`` panic, ``("h",)`` heartbeat, ``("m", tick0, t0, spt)`` the session's clock
-mapping (internal tempo), ``("l", ms)`` latency, ``("o", role, name)`` another port,
-``("q",)`` stop.
+``("p",)`` panic, ``("h",)`` heartbeat, ``("t", channel)`` thru's channel, ``("m", tick0,
+t0, spt)`` the session's clock mapping (internal tempo), ``("l", ms)`` latency, ``("o",
+role, name)`` another port, ``("q",)`` stop.
 
 here -> session: ``("ready", in_name, out_name, in_virtual, out_virtual, heard)``
 (heard: the input's self-test, None where no probe can reach it) or
@@ -192,7 +192,8 @@ def serve(conn, config: dict) -> int:
     thru = None
     if thru_channel is not None:
         def thru(msg: mido.Message) -> None:
-            sched.schedule(msg.copy(channel=thru_channel), None, tag="thru")
+            sched.schedule(msg.copy(channel=thru_to[0]), None, tag="thru")
+    thru_to = [thru_channel]  # the preset's channel: a preset switch moves it ("t")
 
     inlet = _Inlet(wire, follower, thru, guard)
     channels = config.get("channels")
@@ -234,7 +235,10 @@ def serve(conn, config: dict) -> int:
                 last = now()
                 if item[0] == "q":
                     break
-                _handle(item, sched, clock, inp, out, wire)
+                if item[0] == "t":
+                    thru_to[0] = int(item[1])
+                else:
+                    _handle(item, sched, clock, inp, out, wire)
             elif now() - last > watchdog:
                 why = f"no heartbeat from the session for {watchdog * 1000:.0f} ms"
                 break

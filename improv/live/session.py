@@ -369,6 +369,8 @@ class Session:
         self.marks.marker(text)
 
     def send_program(self) -> None:
+        if hasattr(self.scheduler, "set_thru_channel"):  # the I/O process's thru follows
+            self.scheduler.set_thru_channel(self.preset.midi_channel)
         if self.preset.program is not None:
             self.scheduler.schedule(mido.Message(
                 "program_change", channel=self.preset.midi_channel, program=self.preset.program),

@@ -39,8 +39,9 @@ def parse_meter(text: str) -> tuple[int, int]:
         raise ValueError(f"meter {text!r} is not like 4/4: write NUMERATOR/DENOMINATOR, "
                          "e.g. 3/4 or 6/8") from None
     if not 1 <= num <= MAX_METER_NUMERATOR or den not in METER_DENOMINATORS:
-        raise ValueError(f"meter {text!r} is not usable: use 1 to {MAX_METER_NUMERATOR} beats of "
-                         f"a {', '.join(map(str, METER_DENOMINATORS))}, e.g. 3/4 or 6/8")
+        notes = ", ".join(map(str, METER_DENOMINATORS[:-1])) + f" or {METER_DENOMINATORS[-1]}"
+        raise ValueError(f"meter {text!r} is not usable: use 1 to {MAX_METER_NUMERATOR} beats "
+                         f"over {notes}, e.g. 3/4 or 6/8")
     return num, den
 
 
@@ -82,10 +83,10 @@ def number_arg(flag: str, lo: float, hi: float, *, integer: bool = False,
             value = math.nan
         ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
         if not ok:
-            low = f"more than {lo:g}" if lo_open else f"{lo:g}"
             kind = "a whole number" if integer else "a number"
+            span = f"above {_n(lo)}, up to {_n(hi)}" if lo_open else f"from {_n(lo)} to {_n(hi)}"
             raise argparse.ArgumentTypeError(
-                f"{flag} {text} is out of range: use {kind} from {low} to {hi:g}"
+                f"{flag} {text} is out of range: use {kind} {span}"
                 + (f" ({what})" if what else ""))
         return value
 
@@ -93,23 +94,30 @@ def number_arg(flag: str, lo: float, hi: float, *, integer: bool = False,
     return convert
 
 
+def _n(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:g}"
+
+
 def channel_arg(flag: str) -> Callable[[str], int]:
     """A MIDI channel as printed on synths and keyboards, 1 to 16."""
     return number_arg(flag, 1, 16, integer=True, what="MIDI channels are counted from 1")
 
 
-def check_record_path(path: Path | None) -> None:
+def check_record_path(path: Path | None, flag: str = "--record") -> None:
     """The recording's folder exists or can be made, and ``path`` is not a folder; ValueError
     with one line otherwise (before the model loads, so a typo costs no waiting)."""
     if path is None:
         return
     if path.is_dir():
-        raise ValueError(f"--record {path} is a folder: name a file in it, e.g. {path / 'set.mid'}")
+        raise ValueError(f"{flag} {path} is a folder: name a file in it, e.g. {path / 'set.mid'}")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{blocker} is a file, not a folder: choose another {flag} path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"cannot create the folder {path.parent} for the recording "
-                         f"({e.strerror or e}): choose another --record path") from None
+                         f"({e.strerror or e}): choose another {flag} path") from None
 
 
 def fail(prog: str, problem: object, status: int = 2) -> int:

@@ -9,7 +9,6 @@ stage. The answer is printed as a small text piano roll and written to a .mid
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -17,8 +16,11 @@ from pathlib import Path
 
 import mido
 
+from improv.commands import teardown
+from improv.commands.checks import OneLineParser, check_record_path, fail, parse_meter
 from improv.commands.jam import JamError, add_rig_arguments, build_rig
 from improv.core import tokens as tk
+from improv.core.grid import Meter
 from improv.live.session_api import State
 
 # A two-bar call in D major (pitch, start tick, length in ticks), 24 ticks per quarter.
@@ -27,6 +29,7 @@ BUILT_IN_CALL: tuple[tuple[int, int, int], ...] = (
     (71, 96, 12), (69, 108, 12), (67, 120, 12), (66, 132, 12), (64, 144, 24), (62, 168, 24),
 )
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+CALL_CAP_BARS = 4  # a --call file is played this long at most (a whole piece, a stuck note)
 
 
 class Collector:
@@ -41,16 +44,28 @@ class Collector:
             self.sent.append((time.monotonic(), msg))
 
 
-def load_call(path: Path | None) -> list[tuple[int, int, int]]:
+def load_call(path: Path | None, bar_ticks: int = 4 * tk.TICKS_PER_QUARTER
+              ) -> list[tuple[int, int, int]]:
+    """The call's notes (pitch, start tick, length), at most ``CALL_CAP_BARS`` bars of them;
+    JamError with one line for a file that is not a MIDI file or holds no notes."""
     if path is None:
         return list(BUILT_IN_CALL)
-    from improv.core.midifile import read_midi
+    from improv.core.midifile import MidiFileError, read_midi
 
-    score = read_midi(path)
+    try:
+        score = read_midi(path)
+    except MidiFileError as e:
+        raise JamError(str(e)) from None
     if not score.notes:
         raise JamError(f"{path} has no notes to play as a call; pass a .mid with a melody")
     t0 = score.notes[0].start
-    return [(n.pitch, n.start - t0, max(1, n.end - n.start)) for n in score.notes]
+    cap = CALL_CAP_BARS * bar_ticks
+    call = [(n.pitch, n.start - t0, min(max(1, n.end - n.start), cap - (n.start - t0)))
+            for n in score.notes if n.start - t0 < cap]
+    if len(call) < len(score.notes) or max(n.end for n in score.notes) - t0 > cap:
+        teardown.err(f"improv demo: {path} lasts over {CALL_CAP_BARS} bars; playing its first "
+                     f"{CALL_CAP_BARS} as the call")
+    return call
 
 
 def play_call(session, clock, call, start_tick: int) -> None:
@@ -112,20 +127,25 @@ def machine_notes(sent, clock) -> list[tuple[str, int, float, float]]:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=prog or "improv demo", description=__doc__.split("\n\n")[0])
+    me = prog or "improv demo"
+    ap = OneLineParser(prog=me, description=__doc__.split("\n\n")[0])
     ap.add_argument("--call", type=Path, default=None, help="a .mid to play as the call")
     ap.add_argument("--out", type=Path, default=Path("improv-demo.mid"),
                     help="where to write the call and the answer (default improv-demo.mid)")
     add_rig_arguments(ap)
     args = ap.parse_args(argv)
     args.record = args.out
+    from improv.live.recording import RecordingError
+
     try:
-        call = load_call(args.call)
+        check_record_path(args.out, "--out")
+        num, den = parse_meter(args.meter)
+        call = load_call(args.call, Meter(num, den).bar_ticks)
         output = Collector()
         rig = build_rig(args, output)
-    except (JamError, ValueError, OSError) as e:
-        print(f"improv demo: {e}", file=sys.stderr)
-        return 2
+    except (JamError, RecordingError, ValueError, OSError) as e:
+        teardown.drain()
+        return fail(me, e)
     session, clock = rig.session, rig.clock
     responded = threading.Event()
     session.on_state = lambda s: responded.set() if s == State.RESPONDING else None
@@ -146,6 +166,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         pass
     finally:
         rig.close()
+        teardown.drain()
     human = [("human", p, start + s, start + s + n) for p, s, n in call]
     machine = machine_notes(output.sent, clock)
     print(piano_roll(human + machine))

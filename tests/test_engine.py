@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -209,13 +210,15 @@ def test_sampled_stream_keeps_the_grammar_through_the_rolling_window(tiny):
     assert all(n.end - n.start <= 48 for n in tk.decode_notes(out))
 
 
-def test_auto_provider_runs_cpu_here_with_one_log_line(tiny, caplog):
+def test_auto_provider_runs_cpu_here_and_says_so_only_where_a_gpu_was_expected(tiny, caplog):
+    from improv.live.providers import gpu_expected
+
     d, _ = tiny
     with caplog.at_level(logging.INFO, logger="improv.live.engine"):
         e = Engine(d, provider="auto", background=False)
     if e.provider == "cpu":
         lines = [r.getMessage() for r in caplog.records if r.name == "improv.live.engine"]
-        assert len(lines) == 1 and "CPU" in lines[0], lines
+        assert len(lines) == (1 if gpu_expected() else 0), lines
         with pytest.raises(ModelError, match="cuda"):
             Engine(d, provider="cuda")
     else:  # a machine with a working GPU: the CUDA path must give the same logits
@@ -253,3 +256,35 @@ def test_engine_module_never_imports_torch():
     code = "import sys, improv.live.engine, improv.live.sampler; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_cpu_only_machine_says_nothing_about_cuda_and_an_expected_gpu_gets_one_line(
+        tiny_model_dir, monkeypatch, caplog):
+    import logging
+
+    from improv.live import providers
+
+    caplog.set_level(logging.INFO, logger="improv")
+    probed: list[str] = []
+    monkeypatch.setattr(providers, "_probe_cuda",
+                        lambda *a: probed.append("probe") or "no GPU answered the probe")
+    monkeypatch.setattr(providers, "gpu_expected", lambda: False)
+    assert Engine(tiny_model_dir, provider="auto").provider == "cpu"
+    assert not probed and "CUDA" not in caplog.text and "GPU" not in caplog.text
+    monkeypatch.setattr(providers, "gpu_expected", lambda: True)
+    assert Engine(tiny_model_dir, provider="auto").provider == "cpu"
+    lines = [r.getMessage() for r in caplog.records if "GPU" in r.getMessage()]
+    assert probed == ["probe"] and len(lines) == 1 and "no GPU answered" in lines[0]
+    with pytest.raises(ModelError, match="provider cuda was asked for"):
+        Engine(tiny_model_dir, provider="cuda")
+
+
+def test_gpu_expected_reads_the_device_node_and_cuda_visible_devices(monkeypatch):
+    from improv.live import providers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert providers.gpu_expected() is False
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert providers.gpu_expected() is True
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert providers.gpu_expected() == os.path.exists("/dev/nvidia0")

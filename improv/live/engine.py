@@ -59,47 +59,11 @@ import onnxruntime as ort
 from improv.core import tokens as tk
 from improv.core.model_dir import ModelError as ModelError
 from improv.core.model_dir import read_model_dir as read_model_dir
+from improv.live.providers import onnx_session, pick_provider
 
 log = logging.getLogger(__name__)
 
 _OUTPUTS = ["logits", "new_keys", "new_values"]
-
-
-def _session(path: Path, provider: str, threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = ["CPUExecutionProvider"]
-    if provider == "cuda":
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), so, providers=providers)
-    except Exception as e:  # ORT raises several unrelated types for a bad file
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path} cannot be loaded ({first}); re-export it (improv export)") from e
-
-
-def _probe_cuda(path: Path, threads: int, shape: tuple[int, ...]) -> str | None:
-    """None if a CUDA session really runs a step here, else why not."""
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return "this onnxruntime has no CUDA provider"
-    # onnxruntime-gpu lists CUDA even without a GPU, then logs errors and falls back to
-    # CPU silently; quiet its logger for the probe and look at what the session got.
-    ort.set_default_logger_severity(4)
-    try:
-        sess = _session(path, "cuda", threads)
-        if sess.get_providers()[0] != "CUDAExecutionProvider":
-            return "the CUDA provider is listed but did not start (no GPU, or CUDA/cuDNN missing)"
-        cache = np.zeros(shape, np.float32)
-        sess.run(None, {"tokens": np.zeros((1, 1), np.int64), "position": np.zeros(1, np.int64),
-                        "past_keys": cache, "past_values": cache})
-    except Exception as e:
-        return f"a CUDA test step failed ({str(e).strip()[:120]})"
-    finally:
-        ort.set_default_logger_severity(2)
-    return None
 
 
 # --- caches ------------------------------------------------------------------------------
@@ -255,7 +219,7 @@ class Engine:
             raise ModelError(f"keep = {keep} leaves nothing to re-encode; use keep >= 1")
         self.background = background
         self.inline_chunk = max(0, inline_chunk) if background else 0
-        self.provider = self._pick_provider(provider, threads)
+        self.provider = pick_provider(provider, self.model_dir / "model.onnx", threads, self.shape)
         path = self.model_dir / "model.onnx"
         self._threads = threads
         self._hot = self._runner(path)
@@ -273,22 +237,11 @@ class Engine:
         self._abandoned: _Roll | None = None  # dropped, may still be writing the spare cache
         self.reset(style)
 
-    def _pick_provider(self, provider: str, threads: int) -> str:
-        if provider == "cpu":
-            return "cpu"
-        reason = _probe_cuda(self.model_dir / "model.onnx", threads, self.shape)
-        if reason is None:
-            return "cuda"
-        if provider == "cuda":
-            raise ModelError(f"provider cuda was asked for but {reason}; use --provider cpu")
-        log.info("engine: running on CPU: %s", reason)
-        return "cpu"
-
     def _runner(self, path: Path) -> _Runner:
-        decode = _session(path, self.provider, self._threads)
+        decode = onnx_session(path, self.provider, self._threads)
         update = None
         if self.provider == "cuda":
-            update = _session(self.model_dir / "cache_update.onnx", "cuda", self._threads)
+            update = onnx_session(self.model_dir / "cache_update.onnx", "cuda", self._threads)
         return _Runner(decode, update)
 
     def _check_io(self, sess: ort.InferenceSession) -> None:

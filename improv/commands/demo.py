@@ -18,7 +18,8 @@ import mido
 
 from improv.commands import teardown
 from improv.commands.checks import OneLineParser, check_record_path, fail, parse_meter
-from improv.commands.jam import JamError, add_rig_arguments, build_rig
+from improv.commands.jam import JamError, build_rig
+from improv.commands.jam_args import add_rig_arguments
 from improv.core import tokens as tk
 from improv.core.grid import Meter
 from improv.live.session_api import State

@@ -24,16 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from improv.commands import teardown
-from improv.commands.checks import (
-    OneLineParser,
-    bpm_arg,
-    channel_arg,
-    check_record_path,
-    fail,
-    meter_arg,
-    number_arg,
-)
+from improv.commands.checks import check_record_path, fail
 from improv.commands.checks import parse_meter as _parse_meter
+from improv.commands.jam_args import KNOB_FLAGS, parser
 from improv.commands.jam_ui import (
     headless_seconds,
     run_with_ui,
@@ -41,7 +34,13 @@ from improv.commands.jam_ui import (
     terminal_ok,
 )
 from improv.core import knobs
-from improv.core.presets import PresetError, PresetLibrary, apply_overrides, parse_overrides
+from improv.core.presets import (
+    PresetError,
+    PresetLibrary,
+    apply_overrides,
+    parse_overrides,
+    silence_problem,
+)
 from improv.live.clock import Clock, ClockSender, MidiClockFollower
 from improv.live.marks import machine_track
 from improv.live.scheduler import Scheduler
@@ -81,29 +80,6 @@ def sessions_dir() -> Path:
     return Path(os.environ.get("IMPROV_SESSIONS", Path.home() / "improv-sessions"))
 
 
-def add_rig_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
-    ap.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--threads", type=number_arg("--threads", 1, 64, integer=True), default=1,
-                    help="ONNX Runtime threads (default 1)")
-    ap.add_argument("--preset", default=None, help="preset name or number (see 'improv presets')")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a preset field, e.g. --set temperature=0.7 (repeatable)")
-    ap.add_argument("--bpm", type=bpm_arg, default=None,
-                    help="tempo, 30 to 300 (default: the preset's, or 120)")
-    ap.add_argument("--meter", type=meter_arg, default="4/4", help="meter, e.g. 3/4 (default 4/4)")
-    ap.add_argument("--seed", type=int, default=None, help="seed the sampler (reproducible)")
-    ap.add_argument("--mode", choices=knobs.FIELDS["mode"].choices, default=None,
-                    help="stop the answer when you play (call_response) or play over it")
-    ap.add_argument("--record", type=Path, default=None, help="recording path (.mid)")
-    ap.add_argument("--no-record", action="store_true", help="do not record the session")
-    ap.add_argument("--seconds", type=number_arg("--seconds", 0, 1e7, lo_open=True),
-                    default=None, help="stop by itself after N seconds")
-    ap.add_argument("--lookahead", type=number_arg("--lookahead", 0, 8, lo_open=True),
-                    default=1.0, help="beats generated ahead of playback, more than 0 up to 8 "
-                    "(default 1)")
-
-
 @dataclass
 class Rig:
     """Everything one set needs, in the order it must be taken down."""
@@ -139,17 +115,31 @@ def _kill_io(scheduler) -> None:
 
 
 def load_preset(args: argparse.Namespace):
+    """The library and the preset a set starts with, checked as `improv presets --check` does;
+    a preset that can only answer silence costs a warning."""
     library = PresetLibrary()
-    for err in library.errors:
-        teardown.err(f"improv: {err}")
     which = args.preset
-    preset = library.default() if which is None else library.find(which)
+    try:
+        preset = library.default() if which is None else library.find(which)
+    except PresetError:
+        named = [e for e in library.errors if str(which) in (Path(e.source).stem,
+                                                             Path(e.source).name)]
+        if named:  # the preset asked for is a broken file: that is the one line to say
+            raise named[0] from None
+        raise
+    finally:
+        for err in library.errors:
+            if which is None or str(which) not in (Path(err.source).stem, Path(err.source).name):
+                teardown.err(f"improv: {err}")
     changes = parse_overrides(args.overrides) if args.overrides else {}
     if args.mode:
         changes["mode"] = args.mode
     changes.update(knobs.flag_values(args, KNOB_FLAGS))  # typed and checked by argparse
     if changes:
         preset = apply_overrides(preset, **changes)
+    problem = silence_problem(preset)
+    if problem is not None:
+        teardown.err(f"improv: warning: preset '{preset.name}': {problem}")
     return library, preset
 
 
@@ -298,45 +288,6 @@ def latency_line(snap) -> str:
 
 
 # --- command ------------------------------------------------------------------------------------
-
-
-# One typed flag per live knob (--temperature 0.7); bpm has --bpm above (it sets the clock).
-KNOB_FLAGS = tuple(n for n in knobs.LIVE if n != "bpm")
-
-
-def parser(prog: str | None = None) -> argparse.ArgumentParser:
-    ap = OneLineParser(prog=prog or "improv jam", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--in", dest="inp", default=None, help="input port (name or part of it)")
-    ap.add_argument("--out", default=None, help="output port (name or part of it)")
-    ap.add_argument("--virtual", action="store_true",
-                    help="create virtual ports 'improv in' / 'improv out' (the default "
-                    "when no --in/--out is given)")
-    ap.add_argument("--backend", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
-                    help="MIDI API (default: the platform's)")
-    ap.add_argument("--in-channel", type=channel_arg("--in-channel"), default=None,
-                    help="listen on this channel only (1-16)")
-    ap.add_argument("--control-channel", type=channel_arg("--control-channel"), default=None,
-                    metavar="N", help="a channel (1-16) for switching presets: a note there "
-                    "picks preset (note mod 12) + 1 and is not part of the call")
-    ap.add_argument("--program-change", action="store_true",
-                    help="program changes switch presets (on --control-channel when given, "
-                    "else on any channel); off by default, so a keyboard's own program "
-                    "changes do not")
-    ap.add_argument("--thru", action="store_true", help="pass your notes to the output too")
-    ap.add_argument("--latency-ms", type=number_arg("--latency-ms", 0, 500), default=0.0,
-                    help="send this much early, for a slow synth or a DAW's monitoring")
-    ap.add_argument("--clock", choices=("internal", "midi"), default="internal",
-                    help="internal tempo, or follow incoming MIDI beat clock")
-    ap.add_argument("--clock-out", action="store_true", help="send MIDI clock as master")
-    ap.add_argument("--no-tui", action="store_true", help="plain text instead of the stage UI "
-                    "('improv ui' can still attach one)")
-    ap.add_argument("--socket", default=None, metavar="PATH",
-                    help="the API socket for 'improv ui' (default: in the runtime folder)")
-    ap.add_argument("--in-process", action="store_true",
-                    help="MIDI I/O in the jam's own process, not the real-time I/O process")
-    add_rig_arguments(ap)
-    knobs.add_flags(ap, KNOB_FLAGS)
-    return ap
 
 
 def open_ports(args: argparse.Namespace):

@@ -202,6 +202,21 @@ def load_preset(path: str | os.PathLike) -> Preset:
     return parse_preset(text, str(path), default_name=path.stem)
 
 
+def silence_problem(preset: Preset) -> str | None:
+    """Why ``preset`` can only ever answer silence, or None: a scale lock on a fixed key whose
+    scale has no note in the register (say a one-note register off the key). The sampler masks
+    every other note, so each answer would be empty; "auto" keys are found from the call and
+    cannot be judged in advance."""
+    pcs = preset.scale_pitch_classes()
+    if not preset.scale_lock or pcs is None:
+        return None
+    lo, hi = preset.register_low, preset.register_high
+    if any(p % 12 in pcs for p in range(lo, hi + 1)):
+        return None
+    return (f"register {lo}..{hi} holds no note of {preset.key} and scale_lock is on, so it can "
+            "only answer silence: widen the register, change the key or set scale_lock = false")
+
+
 def apply_overrides(preset: Preset, **changes: object) -> Preset:
     """A validated copy of ``preset`` with ``changes`` (from knobs or the command line)."""
     return _build({**dataclasses.asdict(preset), **changes}, lambda key: ("<override>", 1))
@@ -397,12 +412,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.check:
         bad = 0
         for file in args.check:
-            try:
+            try:  # the very check a set makes when it loads the file: same verdicts
                 p = load_preset(file)
-                print(f"{file}: ok ({p.name}, style {p.style})")
             except PresetError as e:
                 print(e, file=sys.stderr)
                 bad += 1
+                continue
+            print(f"{file}: ok ({p.name}, style {p.style})")
+            problem = silence_problem(p)
+            if problem is not None:
+                print(f"{file}: warning: {problem}", file=sys.stderr)
         return 2 if bad else 0
 
     lib = PresetLibrary(args.dir)

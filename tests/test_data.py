@@ -196,3 +196,21 @@ def test_tied_chords_and_grace_notes():
     got = {(n.pitch, n.start, n.end) for n in score.notes}
     assert got == {(60, 0, 48), (64, 0, 24), (67, 24, 48), (65, 48, 72)}
     assert stats["grace"] == 1
+
+
+def test_data_midi_converts_only_that_folder_unless_the_corpus_is_asked_for(tmp_path, monkeypatch,
+                                                                           capsys):
+    make_midi_folder(tmp_path / "mine", 3)
+    asked: list[object] = []
+
+    def corpus(styles=None):
+        asked.append(styles)
+        return []
+
+    monkeypatch.setattr(data, "corpus_sources", corpus)
+    argv = ["--out", str(tmp_path / "c"), "--midi", str(tmp_path / "mine"), "--style", "mine",
+            "--jobs", "1", "--no-progress"]
+    assert data.main(argv) == 0
+    assert asked == [] and "3 source files" in capsys.readouterr().out
+    assert data.main([*argv, "--with-corpus"]) == 0
+    assert asked == [None]

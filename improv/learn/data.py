@@ -434,15 +434,26 @@ def _user_slots(out: Path, style_name: str | None) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="Build the token corpus.")
-    ap.add_argument("--out", type=Path, default=None, help="corpus folder (default: %(default)s)")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Build the token corpus.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  improv data                                   # music21's corpus (cached)\n"
+               "  improv data --styles bach,folk --limit 20     # a quick, small corpus\n"
+               "  improv data --midi ~/my-sets --style mine --out ~/.cache/improv/mine\n"
+               "  improv data --midi ~/my-sets --style mine --with-corpus  # both")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"corpus folder (default: {default_corpus_dir()})")
     ap.add_argument("--styles", default="", help="comma-separated corpus styles to include")
     ap.add_argument("--limit", type=int, default=0, help="at most N files per style (quick runs)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--timeout", type=int, default=FILE_TIMEOUT_S, help="seconds per file")
     ap.add_argument("--midi", type=Path, default=None, help="a folder of your own .mid files")
     ap.add_argument("--style", default=None, help="style name for the --midi files")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--with-corpus", action="store_true",
+                    help="with --midi: convert music21's corpus too (all of it, or --styles)")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress bar (for logs and CI)")
     args = ap.parse_args(argv)
     out = (args.out or default_corpus_dir()).expanduser()
     try:
@@ -458,7 +469,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             )
         out.mkdir(parents=True, exist_ok=True)
         mapping = _user_slots(out, args.style)
-        sources = corpus_sources(wanted or None)
+        # Your own folder alone unless the corpus is asked for: it takes many minutes.
+        corpus = not args.midi or args.with_corpus or bool(wanted)
+        sources = corpus_sources(wanted or None) if corpus else []
         if args.limit:
             per: dict[int, int] = {}
             kept = []

@@ -140,6 +140,9 @@ _ALL: tuple[Knob, ...] = (
     _k("switch", "choice", "phrase", "when a new preset takes over", choices=("phrase", "now")),
     _k("end_call_cc", "int_or_none", 67,
        "a pedal that ends the call now (67 soft, 64 sustain), or none", lo=0, hi=127, step=1),
+    _k("count_in", "int", 0, "bars of click before the set listens (at its start)",
+       lo=0, hi=16, step=1, label="count-in"),
+    _k("click", "bool", False, "a click on every beat (MIDI channel 10), on from the start"),
     # how it sounds
     _k("velocity_scale", "float", 1.0, lo=0.1, hi=2.0, step=0.05),
     _k("velocity_offset", "int", 0, lo=-126, hi=126, step=1),

@@ -99,6 +99,8 @@ class Preset:
     mode: str = _D["mode"]
     switch: str = _D["switch"]
     end_call_cc: int | None = _D["end_call_cc"]
+    count_in: int = _D["count_in"]
+    click: bool = _D["click"]
     # how it sounds
     velocity_scale: float = _D["velocity_scale"]
     velocity_offset: int = _D["velocity_offset"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from improv.live.api_server import Address, find_jam, runtime_dir
 
@@ -20,7 +21,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--socket", default=None, metavar="PATH",
                     help="the jam's API socket (default: the newest running jam's)")
     ap.add_argument("--backend", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
-                    help="MIDI API the ports screen lists (default: the platform's)")
+                    help="MIDI API the ports screen lists: the jam's --backend (default: the "
+                    "platform's)")
     # the UI that `improv jam` starts for itself: q ends the set there
     ap.add_argument("--owner", action="store_true", help=argparse.SUPPRESS)
     return ap
@@ -37,10 +39,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f"{me}: no jam is running (none has an address in {runtime_dir()}); "
                   "start one with 'improv jam'", file=sys.stderr)
             return 2
-    if args.backend:
-        from improv.live.ports import BACKENDS, RTMIDI
-
-        os.environ["MIDO_BACKEND"] = f"{RTMIDI}/{BACKENDS[args.backend]}"
     from improv.stage.remote import JamGone, RemoteSession
 
     try:
@@ -52,7 +50,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from improv.stage.tui import ImprovApp
 
     _yield_to_the_set()
-    app = ImprovApp(remote, presets=remote.snapshot().presets, quit_ends_set=args.owner)
+    app = ImprovApp(remote, presets=remote.snapshot().presets, quit_ends_set=args.owner,
+                    list_ports=port_lister(args.backend))
     try:
         app.run()
     finally:
@@ -62,6 +61,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def port_lister(backend: str | None) -> Callable[[], tuple[list[str], list[str]]]:
+    """What the ports screen lists: the ports of ``backend`` (the set's ``--backend``; None:
+    mido's default), asked each time the screen opens."""
+
+    def list_ports() -> tuple[list[str], list[str]]:
+        from improv.live.ports import get_backend, input_names, output_names
+
+        b = get_backend(backend)
+        return input_names(b), output_names(b)
+
+    return list_ports
 
 
 def _yield_to_the_set() -> None:

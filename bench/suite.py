@@ -241,13 +241,13 @@ class Suite:
 
     def clock_follow(self) -> dict:
         """`improv jam --clock midi` following a +-1 ms jittered master, and jack_midi_clock."""
-        iso = load_bench("isolation")
+        follow = load_bench("clock_follow")
         seconds = self.args.iso_seconds
         out: dict = {"configs": {}, "seconds": seconds, "runs": {}, "skipped": {}}
         for name in ("jitter", "jack_midi_clock"):
             log(f"  following {name}: {seconds:g} s of calls and dense answers")
             try:
-                r = iso.follow_run(self.model, seconds, master=name, log=log)
+                r = follow.follow_run(self.model, seconds, master=name, log=log)
             except Exception as e:
                 out["skipped"][name] = f"{type(e).__name__}: {e}"
                 log(f"    failed: {out['skipped'][name]}")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bench import common as bm
+from bench import report
 from improv.core import tokens as tk
 
 # --- summaries and the schema ----------------------------------------------------------------
@@ -63,13 +64,13 @@ def sample_result(**machine) -> dict:
 
 def test_validate_accepts_a_sound_result_and_names_each_fault():
     res = sample_result()
-    assert bm.validate(res) == []
+    assert report.validate(res) == []
     del res["benchmarks"]["ingest"]["configs"]["note_in_to_fed"]["p999_ms"]
     res["benchmarks"]["decode"]["configs"]["ort_cpu_1t/fill50"]["median_ms"] = math.nan
     res["benchmarks"]["jam"]["configs"]["first_note_lateness"]["p99_ms"] = -1.0
     res["benchmarks"]["nonsense"] = {"configs": {}}
     del res["command"]
-    problems = bm.validate(res)
+    problems = report.validate(res)
     joined = "\n".join(problems)
     assert "ingest/note_in_to_fed: p999_ms" in joined
     assert "decode/ort_cpu_1t/fill50: median_ms is nan" in joined
@@ -80,7 +81,7 @@ def test_validate_accepts_a_sound_result_and_names_each_fault():
 
 def test_markdown_is_the_performance_section():
     res = sample_result()
-    md = bm.markdown(res)
+    md = report.markdown(res)
     assert md.startswith("## Performance\n")
     assert "`python bench/run.py --quick`" in md
     assert "Test CPU (2 logical cores), 24 GiB RAM; GPU: none" in md
@@ -93,7 +94,7 @@ def test_markdown_is_the_performance_section():
     assert "ratio 0.222, bar <= 0.25: True" in md
     assert "Not measured: schedule (no JACK server)." in md
     assert "Measured with other work" not in md
-    busy = bm.markdown(sample_result(loadavg_before=3.5))
+    busy = report.markdown(sample_result(loadavg_before=3.5))
     assert "**Measured with other work on the machine** (load average 3.5" in busy
 
 
@@ -235,14 +236,14 @@ def test_markdown_has_the_trading_row_and_its_count():
         "trades": 4, "on_line": 3, "on_line_share": 0.75, "right_length": 4,
         "end_tolerance_ms": 5.0, "stuck_notes": [], "pulses_missing": 0,
         "jam_restarts": ["the jam did not hear our output"]}
-    md = bm.markdown(res)
+    md = report.markdown(res)
     row = next(ln for ln in md.splitlines() if ln.startswith("| trading:"))
     assert row.startswith("| trading: first answer note - its bar line (JACK, MIDI clock) | ")
     assert row.endswith("| <= 2 ms: 3/4 (75%) |") and "| 2.500 |" in row
     assert "3 of 4 answers started within 2 ms of their planned bar line" in md
     assert "4 of 4 ended by the bar line 2 bars later (+5 ms); stuck notes at the end: 0; " \
            "clock pulses lost on the way: 0. 1 jam(s) that did not hear" in md
-    assert bm.validate({**res, "command": "x"}) == []
+    assert report.validate({**res, "command": "x"}) == []
     assert "trading" in bm.BENCHMARKS
 
 
@@ -372,7 +373,7 @@ def test_quick_run_writes_a_valid_result(tiny_model_dir, tmp_path, capsys):
     assert rc == 0
     [js] = tmp_path.glob("*.json")
     res = json.loads(js.read_text())
-    assert bm.validate(res) == []
+    assert report.validate(res) == []
     pn = res["benchmarks"]["per_note"]
     assert set(pn["configs"]) == {"improv_feed", "improv_generate", "improv_step"}
     assert pn["configs"]["improv_feed"]["n"] > 100 and 1.5 < pn["tokens_per_note"] < 6
@@ -459,7 +460,7 @@ def test_grid_origin_from_earliest_or_latest_pulse_arrivals():
 
 
 def test_a_master_slower_than_its_nominal_tempo_is_followed_by_a_local_grid():
-    iso = bm.load_bench("isolation")
+    iso, follow = bm.load_bench("isolation"), bm.load_bench("clock_follow")
     tick = TICK * 1.024  # JACK's dummy driver ran 2.4% slow against the system clock
     pulses = 1.0 + np.arange(600) * tick
     a, b = iso.fit_line(pulses, TICK)
@@ -469,7 +470,7 @@ def test_a_master_slower_than_its_nominal_tempo_is_followed_by_a_local_grid():
     period = 64 / 48000
     heard = pulses - rng.uniform(0, period, pulses.size)  # stamped up to a period early
     heard[298] += 0.007  # one pulse a late JACK cycle held back 7 ms, next to a note
-    off, spread = iso.local_grid_offsets(notes, heard, TICK)
+    off, spread = follow.local_grid_offsets(notes, heard, TICK)
     assert off == pytest.approx([0.2, 1.1, 0.7], abs=0.2)  # not wrapped a tick round
     assert spread[1] > 7.0 and spread[0] < 1.5
     # the nominal grid would drift by 2.4% of the time since the origin
@@ -477,14 +478,14 @@ def test_a_master_slower_than_its_nominal_tempo_is_followed_by_a_local_grid():
 
 
 def test_jittered_pulses_stay_within_the_jitter_and_repeat_with_the_seed():
-    iso = bm.load_bench("isolation")
-    plan = iso.jittered_pulses(2.0, TICK, 500, 0.001, seed=3)
+    iso, follow = bm.load_bench("isolation"), bm.load_bench("clock_follow")
+    plan = follow.jittered_pulses(2.0, TICK, 500, 0.001, seed=3)
     ideal = np.array([i for i, _ in plan])
     at = np.array([t for _, t in plan])
     assert ideal == pytest.approx(2.0 + np.arange(500) * TICK)
     assert np.abs(at - ideal).max() <= 0.001 and np.abs(at - ideal).max() > 0.0009
     assert abs(np.mean(at - ideal)) < 0.0001
-    assert plan == iso.jittered_pulses(2.0, TICK, 500, 0.001, seed=3)
+    assert plan == follow.jittered_pulses(2.0, TICK, 500, 0.001, seed=3)
     assert iso.latency_of({"latency": {"schedule_p99_ms": 0.2}}) == {"schedule_p99_ms": 0.2}
     assert iso.latency_of(None) == {}
 
@@ -504,7 +505,7 @@ def test_markdown_has_the_isolation_and_clock_follow_rows_with_their_bars():
         "seconds": 60, "configs": {"jitter/offset": dist,
                                    "jitter/master_send_minus_ideal": dist},
         "runs": {"jitter": {"bar_ok": False, "jitter_ms": 1.0, "master_send_min_ms": -1.0}}}
-    md = bm.markdown(res)
+    md = report.markdown(res)
     assert ("| isolation: answer arrival at JACK - deadline (I/O process, UI 160x48, CPU hog, "
             "dense answers) |") in md
     assert "p99 <= 2 ms: True; send p99 0.600 ms <= 0.5 ms: False |" in md
@@ -513,7 +514,7 @@ def test_markdown_has_the_isolation_and_clock_follow_rows_with_their_bars():
     assert "(a master with +-1 ms uniform jitter per pulse) |" in md
     assert "p99 <= 1.5 ms: False |" in md
     assert "--in-process" not in md  # a run that did not happen has no row
-    assert bm.validate(res) == []
+    assert report.validate(res) == []
 
 
 def test_key_faults_hear_the_notes_as_a_synth_does():

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -204,3 +205,49 @@ def test_while_the_ui_runs_nothing_of_the_jam_reaches_the_terminal(runtime, monk
     assert "stray" not in out + err and "fd 2" not in out + err and "careful" not in out + err
     lines = [line for batch in json.loads(got.read_text()) for line in batch]
     assert {"a C library on fd 2", "a stray print", "warning: careful"} <= set(lines)
+
+
+@pytest.mark.jack
+def test_the_ports_screen_lists_the_sets_backend(jack_backend, monkeypatch, runtime):
+    from improv.commands import ui as ui_mod
+    from improv.stage import remote as remote_mod
+    from improv.stage import tui as tui_mod
+
+    made = {}
+
+    class App:  # the stage app, as far as `improv ui` builds it
+        def __init__(self, session, presets=(), list_ports=None, quit_ends_set=False):
+            made["list_ports"] = list_ports
+            self.return_code = 0
+
+        def run(self) -> None:
+            pass
+
+    class Remote:
+        def __init__(self, address) -> None:
+            pass
+
+        def wait_first(self, timeout: float) -> None:
+            pass
+
+        def snapshot(self) -> Snapshot:
+            return FakeSession().snap
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(remote_mod, "RemoteSession", Remote)
+    monkeypatch.setattr(tui_mod, "ImprovApp", App)
+    monkeypatch.setattr(ui_mod, "_yield_to_the_set", lambda: None)  # no nice() on pytest
+    name = f"edges picker {os.getpid()}"
+    probe = jack_backend.open_output(name, virtual=True)  # a JACK port: only JACK lists it
+    try:
+        # the jam hands its --backend to its UI, and the UI's ports screen lists that backend
+        server = SimpleNamespace(address=SimpleNamespace(text=f"unix:{runtime}/jam.sock"))
+        argv = jam_ui.ui_command(server, "jack")[3:]  # after `python -m improv`
+        assert argv[:1] == ["ui"] and argv[-2:] == ["--backend", "jack"]
+        assert ui_main(argv[1:]) == 0
+        inputs, outputs = made["list_ports"]()
+    finally:
+        probe.close()
+    assert any(name in n for n in inputs), inputs

@@ -98,11 +98,13 @@ def connect(tag: str):
     finally:
         sources.delete()
         sinks.delete()
+    ear = heard(f"improv out {tag}")  # first: the jam's clock Start comes on its next bar line
     keys = Keys(f"improv in {tag}")
     if not keys.probe():
         print("the player's own keyboard client never ran (JACK)", file=sys.stderr)
+        ear.close()
         return None
-    return heard(f"improv out {tag}"), keys
+    return ear, keys
 
 
 def _bytes(inp) -> list[tuple[float, list[int]]]:

@@ -1,0 +1,219 @@
+"""Shutdown cannot hang and signals have clean edges: a real `improv jam` on a JACK server, in a
+subprocess. Ctrl-C twice exits cleanly; SIGTERM during start-up leaves nothing that blocks the
+next start with the same --record; a closed stdout does not end the set; SIGUSR1 reaches the
+session as a panic; and a jam whose terminal and MIDI server both vanish exits within 5 s with
+its recording closed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mido
+import pytest
+
+from bench.terminal import Pty
+
+pytestmark = [pytest.mark.jack,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty, /proc")]
+
+
+@pytest.fixture
+def place(tmp_path):
+    """The jam's environment: its own runtime folder (short: a socket path), config, sessions."""
+    runtime = tempfile.mkdtemp(prefix="improv-rt-")
+    env = dict(os.environ, JACK_NO_START_SERVER="1", IMPROV_RUNTIME_DIR=runtime,
+               XDG_CONFIG_HOME=str(tmp_path / "cfg"), IMPROV_SESSIONS=str(tmp_path / "sets"))
+    yield env
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def jam_cmd(*extra: str) -> list[str]:
+    tag = f"sd{os.getpid()}-{time.monotonic_ns() % 10**6}"  # ports of its own on a shared server
+    return [sys.executable, "-m", "improv", "jam", "--backend", "jack", "--virtual",
+            "--in", f"improv in {tag}", "--out", f"improv out {tag}", *extra]
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def finish(proc: subprocess.Popen, timeout: float = 20) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the jam did not exit within {timeout} s:\n{err[-2000:]}") from None
+
+
+def headless(env: dict, *extra: str, stdout=subprocess.PIPE) -> subprocess.Popen:
+    return subprocess.Popen(jam_cmd("--no-tui", *extra), env=env, stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def first_line(proc: subprocess.Popen) -> str:
+    line = proc.stdout.readline()
+    assert line, f"the jam printed nothing:\n{proc.stderr.read()[-2000:]}"
+    return line
+
+
+def test_ctrl_c_twice_and_more_exits_cleanly(jack_server, place):
+    proc = headless(place, "--no-record", "--seconds", "60")
+    assert "state:" in first_line(proc)
+    # Ctrl-C, then again and again while the set comes down: each one can land in the teardown
+    # (a port's close), or after it, while the interpreter finalizes
+    for _ in range(200):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    out, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "latency:" in out  # the set's last line: it ended the ordinary way
+
+
+def test_sigusr1_asks_the_session_for_a_panic(jack_server, place):
+    proc = headless(place, "--no-record", "--seconds", "60")
+    first_line(proc)
+    proc.send_signal(signal.SIGUSR1)
+    line = wait_for(lambda: proc.stdout.readline(), 10, "a line after SIGUSR1")
+    assert "panic" in line and "all notes off" in line, line
+    proc.send_signal(signal.SIGTERM)
+    out, err = finish(proc)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_a_closed_stdout_does_not_end_the_set(jack_server, place):
+    seconds = 5.0
+    t0 = time.monotonic()
+    proc = headless(place, "--no-record", "--seconds", str(seconds))
+    first_line(proc)
+    proc.stdout.close()  # the reader goes (`improv jam | head -1`, a log collector dies)
+    proc.send_signal(signal.SIGUSR1)  # a line to print right away: it meets EPIPE
+    time.sleep(1.5)
+    assert proc.poll() is None, f"the set ended with its stdout:\n{proc.stderr.read()}"
+    err = proc.stderr.read()
+    proc.wait(timeout=20)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert took >= seconds, f"the set ended after {took:.1f} s of {seconds}"
+
+
+def test_sigterm_during_startup_leaves_nothing_that_blocks_the_next_start(jack_server, place,
+                                                                         tmp_path):
+    record = tmp_path / "set.mid"
+    journal = Path(str(record) + ".partial")
+    proc = headless(place, "--record", str(record), "--seconds", "60")
+    # the journal exists once the model has loaded; the I/O process and the ports come next
+    wait_for(lambda: journal.exists() or proc.poll() is not None, 30, "the recording's journal")
+    proc.send_signal(signal.SIGTERM)
+    out, err = finish(proc)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert not journal.exists(), "a start ended by SIGTERM left its journal"
+
+    again = headless(place, "--record", str(record), "--seconds", "1")
+    out, err = finish(again, 30)
+    assert again.returncode == 0 and "Traceback" not in err, err
+    assert mido.MidiFile(record).tracks, "the second start's recording is a .mid"
+    assert not journal.exists()
+
+
+def test_a_start_killed_outright_leaves_a_journal_that_is_moved_aside(jack_server, place,
+                                                                    tmp_path):
+    record = tmp_path / "set.mid"
+    journal = Path(str(record) + ".partial")
+    proc = headless(place, "--record", str(record), "--seconds", "60")
+    wait_for(lambda: journal.exists() or proc.poll() is not None, 30, "the recording's journal")
+    proc.kill()  # no handler runs: the journal stays, without a note in it
+    finish(proc)
+    assert journal.exists()
+
+    again = headless(place, "--record", str(record), "--seconds", "1")
+    out, err = finish(again, 30)
+    assert again.returncode == 0 and "Traceback" not in err, err
+    assert f"{journal.name} was left by a start that recorded no note; moved aside" in err
+    assert Path(str(journal) + ".empty").exists() and mido.MidiFile(record).tracks
+
+
+def _jackd(name: str, log) -> subprocess.Popen:
+    jackd = shutil.which("jackd")  # the jack_server fixture has made sure it is there
+    assert jackd is not None
+    env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
+    proc = subprocess.Popen([jackd, "-n", name, "-d", "dummy", "-r", "48000", "-p", "64"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    wait_for(lambda: subprocess.run(["jack_lsp"], env=env, capture_output=True, timeout=5)
+             .returncode == 0 or proc.poll() is not None, 15, "the private JACK server")
+    assert proc.poll() is None, "the private JACK server did not start"
+    return proc
+
+
+def test_terminal_and_midi_server_vanish_the_jam_exits_within_5_s(jack_server, place, tmp_path):
+    name = f"improv-edges-{os.getpid()}"  # a server of its own: this test stops it
+    log = tempfile.TemporaryFile("w+")
+    jackd = _jackd(name, log)
+    record = tmp_path / "set.mid"
+    env = dict(place, JACK_DEFAULT_SERVER=name, TERM="xterm-256color", COLUMNS="100",
+               LINES="30")
+    term = Pty(100, 30)
+    proc = subprocess.Popen(jam_cmd("--record", str(record), "--seconds", "120"),
+                            stdin=term.slave, stdout=term.slave, stderr=term.slave, env=env,
+                            start_new_session=True)  # no controlling terminal: no SIGHUP comes
+    term.close_slave()
+    kids: list[int] = []
+    try:
+        wait_for(lambda: "latency" in term.text() or proc.poll() is not None, 40,
+                 "the UI's first frame")
+        assert proc.poll() is None, term.text()[-3000:]
+        time.sleep(1.0)  # playing
+        kids = children(proc.pid)  # the I/O process and the UI process
+        assert len(kids) >= 2, kids
+        os.close(term.master)  # the terminal goes away (a killed tmux, a dropped link)...
+        jackd.terminate()  # ...and the MIDI server with it
+        t = time.monotonic()
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the jam did not exit within 5 s of its terminal and its "
+                                 "MIDI server vanishing") from None
+        took = time.monotonic() - t
+    finally:
+        for p in (proc, jackd):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        log.close()
+    print(f"the jam exited {took:.2f} s after its terminal and its MIDI server went")
+    assert proc.returncode == 0
+    wait_for(lambda: not any(alive(k) for k in kids), 5, "the jam's children to go")
+    assert not Path(str(record) + ".partial").exists(), "the recording was not closed"
+    assert mido.MidiFile(record).tracks, "the recording is a .mid"

@@ -17,6 +17,7 @@ from improv.live.session_api import (
     PortView,
     SelectPort,
     SelectPreset,
+    SetClick,
     SetKey,
     SetKnob,
     SetMode,
@@ -36,7 +37,7 @@ from improv.live.session_api import (
 EVERY_INTENT = [
     SetKnob("temperature", 0.8), NudgeKnob("bpm", -1), SelectPreset(3), SelectPreset("folk", True),
     SetMode("overlap"), SetKey("G major"), TapTempo(), Learn("density"), Learn(None),
-    SelectPort("out", "Synth A"), Panic(), Stop(),
+    SelectPort("out", "Synth A"), Panic(), Stop(), SetClick(True),
 ]
 
 FULL = Snapshot(
@@ -47,6 +48,7 @@ FULL = Snapshot(
     latency=Latency(1.5, 4.25, 0.3, 410.0, late=2, dropped=1),
     notes=(NoteView("human", 60, 1.0, 2.0), NoteView("machine", 67, 16.5)),
     learning="top_p", bindings={"temperature": 21}, recording="/tmp/set.mid",
+    click=True, count_in_until=8.0, countdown=(4.0, 8.0), answer_span=(8.0, 16.0),
 )
 
 

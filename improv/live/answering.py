@@ -122,6 +122,7 @@ class Answering:
         s.answer = None
         self.end()
         s.scheduler.cancel(RESPONSE)
+        s.out.cut(max(tick, s.now_tick()))  # what it would have played next is off the roll
         # A wrong guess (Answer.played_into): at most a note sounded and was cut; the
         # context forgets it, so the call reads on as one phrase.
         wrong = r.played_into(tick, s.clock.beat_ticks)

@@ -149,6 +149,8 @@ class Controls:
             said = self.update(mode=intent.mode)
         elif isinstance(intent, api.SetKey):
             said = self.update(key=intent.key)
+        elif isinstance(intent, api.SetClick):
+            said = self.update(click=intent.on)
         elif isinstance(intent, api.SelectPreset):
             self.switch(intent.which, now=intent.now, host=host)
         elif isinstance(intent, api.TapTempo):
@@ -215,6 +217,8 @@ class Controls:
         if p is None:
             return None
         self.pending = None
+        # The click is the set's, not the style's: a switch may turn it on, never off.
+        p = replace(p, click=p.click or self.preset.click)
         old_style = self.preset.style
         self.preset = p
         self.sampler.set_constraints(constraints_for(p, self.sampler.constraints))

@@ -18,9 +18,11 @@ from collections.abc import Callable, Hashable
 
 import mido
 
+from improv.live.click import CLICK
 from improv.live.intake import THRU
 
 TEMPO_STEP_BPM = 0.5
+NOT_MACHINE = (THRU, CLICK)  # scheduler tags of what the machine sends but does not play
 
 
 class Marks:
@@ -60,11 +62,11 @@ def machine_track(recorder, clock) -> Callable[[mido.Message, float, Hashable], 
 
     The player's notes passed on with thru (tag ``THRU``) go out through the same
     scheduler; they are the player's, recorded once on arrival (:mod:`improv.live.intake`),
-    so they are not the machine track's.
+    so they are not the machine track's; nor is the click (tag ``CLICK``).
     """
 
     def on_sent(msg: mido.Message, t: float, tag: Hashable) -> None:
-        if recorder is not None and tag != THRU and msg.type in ("note_on", "note_off"):
+        if recorder is not None and tag not in NOT_MACHINE and msg.type in ("note_on", "note_off"):
             recorder.add("machine", msg, max(0.0, clock.time_to_tick(t)))
 
     return on_sent

@@ -52,6 +52,7 @@ class Panic:
         s.answering.end()
         s.scheduler.cancel(RESPONSE)
         s.scheduler.panic()  # thru notes, program changes, anything pending; CC 123
+        s.out.cut(tick)  # the planned answer is off the stage's roll too
         if r is not None:
             if r.first_note and tick >= r.start_tick:
                 s.answering.keep_heard(r, tick)  # the context keeps what sounded, then TURN

@@ -1,10 +1,13 @@
 """What the session shows: the log lines, the piano roll's notes and the snapshots.
 
 This module owns the session's side of the UI boundary. The session says lines
-and shows notes as they happen; the publisher keeps them and, at a bounded rate
-on the session's own clock (so a simulated set publishes the same snapshots
-every run), builds the :class:`~improv.live.session_api.Snapshot` a UI reads.
-Nothing here waits for a UI: a snapshot is one reference swap.
+and shows notes as they happen (the machine's as they are generated, a lookahead
+before they sound: the stage draws the planned answer ahead of its playhead); the
+publisher keeps them and, at a bounded rate on the session's own clock (so a
+simulated set publishes the same snapshots every run), builds the
+:class:`~improv.live.session_api.Snapshot` a UI reads, with what the stage counts
+down to (:func:`countdown`). Nothing here waits for a UI: a snapshot is one
+reference swap.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class Publisher:
         else:
             self.history.off(who, pitch, beat)
 
+    def cut(self, tick: float) -> None:
+        """The answer stopped at stream tick ``tick``: its planned notes after it are gone."""
+        self.history.cut("machine", tick / self.beat_ticks)
+
     def due(self, force: bool = False) -> bool:
         """Whether a snapshot is due (20 Hz, or at once when forced)."""
         now = self.time_fn()
@@ -67,6 +74,9 @@ class Publisher:
         names = tuple(p.name for p in controls.presets)
         preset = controls.preset
         learner = controls.learner
+        bt = clock.beat_ticks
+        r = session.answer
+        click = session.click
         self.snapshot = Snapshot(
             state=session.state,
             beat=session.now_tick() / clock.beat_ticks,
@@ -95,7 +105,29 @@ class Publisher:
             learning=getattr(learner, "armed", None),
             bindings=learner.bindings.ccs() if learner is not None else {},
             recording=str(getattr(session.recorder, "path", "")) or None,
+            click=bool(preset.click),
+            count_in_until=(click.listen_at + session.offset) / bt if click.counting() else None,
+            countdown=countdown(session),
+            answer_span=None if r is None else (r.start_tick / bt, r.end_tick / bt),
         )
+
+
+def countdown(session) -> tuple[float, float] | None:
+    """(from, to) beats of the stretch the stage counts down now, None when its end is not
+    known: the count-in; a trading call (from its first bar line); the wait for a placed
+    answer (at most a bar); the answer, to the player's turn."""
+    s = session
+    bt, bar = s.clock.beat_ticks, s.clock.bar_ticks
+    click, r = s.click, s.answer
+    if click.counting():
+        return (click.count_from + s.offset) / bt, (click.listen_at + s.offset) / bt
+    if r is not None and s.state == State.THINKING:
+        return max(r.call_bar, r.start_tick - bar) / bt, r.start_tick / bt
+    if r is not None and s.state == State.RESPONDING:
+        return r.start_tick / bt, r.end_tick / bt
+    if s.state == State.LISTENING and s.call_start is not None and s.preset.call_bars:
+        return s.call_bar / bt, (s.call_bar + s.preset.call_bars * bar) / bt
+    return None
 
 
 def _pct(values, q: float) -> float | None:
@@ -104,4 +136,4 @@ def _pct(values, q: float) -> float | None:
     return xs[min(len(xs) - 1, int(q / 100 * len(xs)))] if xs else None
 
 
-__all__ = ["Publisher", "SNAPSHOT_EVERY", "State"]
+__all__ = ["Publisher", "SNAPSHOT_EVERY", "State", "countdown"]

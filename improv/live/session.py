@@ -16,12 +16,11 @@ unheard and the call goes on; a note during an answer stops it (``mode =
 "call_response"``) and the stream keeps only what was heard; in ``"overlap"``
 mode the answer plays on under the new call.
 
-Time is stream ticks (clock ticks + ``offset``: a MIDI master may move the song
-position, the stream only runs forward); seconds appear only where the clock
-turns an input's timestamp into a tick. Knobs and presets: :mod:`improv.live.controls`;
-the input's way in (recorded on arrival, shed from the model when stale):
-:mod:`improv.live.intake`; panic: :mod:`improv.live.panic`; the recording's tempo map and
-markers: :mod:`improv.live.marks`.
+Time is stream ticks (clock ticks + ``offset``: a MIDI master may move the song position,
+the stream only runs forward); seconds appear only where an input's timestamp becomes a tick.
+Knobs and presets: :mod:`~improv.live.controls`; the input's way in: :mod:`~improv.live.intake`;
+panic: :mod:`~improv.live.panic`; tempo map and markers: :mod:`~improv.live.marks`; the click
+and the count-in (a note in it is no call): :mod:`~improv.live.click`.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from improv.core.presets import Preset, PresetLibrary
 from improv.live import session_api as api
 from improv.live.answer import Answer, Voice
 from improv.live.answering import Answering
+from improv.live.click import Click
 from improv.live.clock import Clock
 from improv.live.controls import Controls
 from improv.live.dynamics import Dynamics
@@ -107,6 +107,7 @@ class Session:
         self.intake = Intake(self)
         self.panic = Panic(self)
         self.marks = Marks(self)
+        self.click = Click(self)  # the count-in starts with the loop's first turn
         self.state = State.IDLE
         self.answer: Answer | None = None
         self.keys_down: set[int] = set()
@@ -193,8 +194,7 @@ class Session:
         return self.clock.now_tick() + self.offset
 
     def clock_tick(self, tick: float) -> float:
-        """A stream tick as a tick of the clock (what the scheduler's deadlines are in)."""
-        return tick - self.offset
+        return tick - self.offset  # a stream tick as the clock's (the scheduler's deadlines)
 
     # --- the session thread --------------------------------------------------------------------
 
@@ -233,6 +233,7 @@ class Session:
         self.scheduler.heartbeat()  # the I/O process's watchdog: the session lives
         self.controls.tick(self)  # a switch held back by the rate limit, when due
         self.marks.poll()
+        self.click.tick()
         self._check_call_end()
         self.answering.generate()
         self.publish()
@@ -245,6 +246,8 @@ class Session:
 
     def hear(self, pitch: int, velocity: int, at: float) -> None:
         """A note of the player's (velocity 0: its release) played at stream tick ``at``."""
+        if self.click.holds(pitch, velocity, at):
+            return  # the count-in: heard, not a call
         tick = max(round(at), 0)
         if self.preset.quantize:
             tick = self.quantizer.event(tick, pitch, velocity, self.offset)
@@ -351,8 +354,7 @@ class Session:
 
     @property
     def between_phrases(self) -> bool:
-        """Whether a preset may switch at once: nothing is being played or answered."""
-        return self.state == State.IDLE
+        return self.state == State.IDLE  # a preset may switch at once: nothing played or answered
 
     def cut(self) -> None:
         """Stop the answer now (a preset switched at once), as a barge-in would."""
@@ -375,8 +377,6 @@ class Session:
             self.scheduler.schedule(mido.Message(
                 "program_change", channel=self.preset.midi_channel, program=self.preset.program),
                 None, tag=PROGRAM)
-
-    # --- helpers ------------------------------------------------------------------------------
 
     def _start_stream(self, now_tick: float) -> None:
         start = self.clock.bar_start(now_tick - self.offset) + self.offset

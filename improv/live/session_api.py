@@ -35,23 +35,42 @@ class NoteView:
 
 
 class NoteHistory:
-    """The recent notes of both players, for the piano roll; used on the session thread."""
+    """The recent notes of both players, for the piano roll; used on the session thread.
+
+    The machine's notes arrive as they are generated, a lookahead before they sound: a view
+    may start after now (the planned answer). An answer cut short takes back what it will
+    not play (``cut``).
+    """
 
     def __init__(self, maxlen: int = 512) -> None:
         self.notes: deque[NoteView] = deque(maxlen=maxlen)
-        self._open: dict[tuple[str, int], int] = {}  # (who, pitch) -> serial of its view
-        self._serial = 0  # views appended so far, to find an open one after the deque rolls
+        self._open: dict[tuple[str, int], NoteView] = {}  # (who, pitch) -> its open view
 
     def on(self, who: str, pitch: int, beat: float) -> None:
-        self.notes.append(NoteView(who, pitch, beat))
-        self._open[(who, pitch)] = self._serial
-        self._serial += 1
+        view = NoteView(who, pitch, beat)
+        self.notes.append(view)
+        self._open[(who, pitch)] = view
 
     def off(self, who: str, pitch: int, beat: float) -> None:
-        serial = self._open.pop((who, pitch), None)
-        i = None if serial is None else len(self.notes) - (self._serial - serial)
-        if i is not None and i >= 0:
-            self.notes[i] = replace(self.notes[i], end=beat)
+        view = self._open.pop((who, pitch), None)
+        if view is None:
+            return
+        for i in range(len(self.notes) - 1, -1, -1):  # an open note is a recent one
+            if self.notes[i] is view:
+                self.notes[i] = replace(view, end=max(beat, view.start))
+                return
+
+    def cut(self, who: str, beat: float) -> None:
+        """``who`` plays nothing from ``beat`` on: later notes go, longer ones end there."""
+        kept: deque[NoteView] = deque(maxlen=self.notes.maxlen)
+        for n in self.notes:
+            if n.who == who and n.start > beat:
+                continue
+            if n.who == who and (n.end is None or n.end > beat):
+                n = replace(n, end=beat)
+            kept.append(n)
+        self.notes = kept
+        self._open = {k: v for k, v in self._open.items() if k[0] != who}
 
     def recent(self, n: int = 128) -> tuple[NoteView, ...]:
         return tuple(self.notes)[-n:]
@@ -97,6 +116,12 @@ class Snapshot:
     learning: str | None = None  # knob waiting for a CC in MIDI learn
     bindings: dict[str, int] = field(default_factory=dict)  # knob -> CC number
     recording: str | None = None  # path of the session recording
+    click: bool = False  # the click on every beat is on (the count-in clicks anyway)
+    count_in_until: float | None = None  # the beat the set listens from, while counting in
+    # (from, to) beats of the stretch the stage counts down: the count-in, a trading call,
+    # the wait for the answer's line, the answer; None when its end is not known (a free call)
+    countdown: tuple[float, float] | None = None
+    answer_span: tuple[float, float] | None = None  # (start, end) beats of the answer in flight
 
 
 class Intent:
@@ -134,6 +159,11 @@ class SetKey(Intent):
 @dataclass(frozen=True)
 class TapTempo(Intent):
     pass
+
+
+@dataclass(frozen=True)
+class SetClick(Intent):
+    on: bool  # the click on every beat (the count-in clicks whatever this says)
 
 
 @dataclass(frozen=True)
@@ -175,7 +205,7 @@ class SessionLike(Protocol):
 # or hostile client can send nothing the session's own UI could not.
 
 INTENTS: tuple[type, ...] = (SetKnob, NudgeKnob, SelectPreset, SetMode, SetKey, TapTempo, Learn,
-                             SelectPort, Panic, Stop)
+                             SelectPort, Panic, Stop, SetClick)
 _INTENT_BY_NAME = {cls.__name__: cls for cls in INTENTS}
 
 # the accepted JSON types of each intent field, by its annotation (bool is no number here)
@@ -264,6 +294,10 @@ def snapshot_from_dict(data: dict) -> Snapshot:
         if "notes" in values:
             values["notes"] = tuple(NoteView(who, pitch, start, end)
                                     for who, pitch, start, end in values["notes"])
+        for name in ("countdown", "answer_span"):
+            if values.get(name) is not None:
+                a, b = values[name]
+                values[name] = (float(a), float(b))
         for name in ("knobs", "bindings"):
             if name in values and not isinstance(values[name], dict):
                 raise WireError(f"snapshot.{name} must be an object")

@@ -43,7 +43,8 @@ def add_rig_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 # One typed flag per live knob (--temperature 0.7); bpm has --bpm above (it sets the clock).
-KNOB_FLAGS = tuple(n for n in knobs.LIVE if n != "bpm")
+# And --count-in BARS: bars of click before the set listens.
+KNOB_FLAGS = (*(n for n in knobs.LIVE if n != "bpm"), "count_in")
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:

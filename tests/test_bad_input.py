@@ -239,3 +239,33 @@ def test_a_set_starting_on_a_silent_preset_says_so(tmp_path, monkeypatch, capfd)
     teardown.drain(2.0)
     err = capfd.readouterr().err
     assert "improv: warning: preset 'quiet': register 61..61 holds no note of C major" in err
+
+
+# --- what good options set ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "control", "program_change"), [
+    ([], None, False),
+    (["--control-channel", "10"], 9, False),
+    (["--control-channel", "1", "--program-change"], 0, True),
+    (["--program-change"], None, True),
+])
+def test_control_channel_and_program_change_reach_the_session(argv, control, program_change,
+                                                              tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    args = jam.parser().parse_args([*argv, "--no-record", "--lookahead", "0.5"])
+    rig = jam.build_rig(args, demo.Collector())
+    try:
+        options = rig.session.options
+        assert options.control_channel == control  # 1-16 on the command line, 0-15 in MIDI
+        assert options.program_change is program_change
+        assert options.lookahead_beats == 0.5
+    finally:
+        rig.close()
+        teardown.drain(2.0)
+
+
+def test_every_jam_option_has_help():
+    for action in jam.parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{action.option_strings[0]} has no help"

@@ -19,9 +19,9 @@ import mido
 import pytest
 
 from bench.terminal import Pty
+from improv.commands import teardown
 
-pytestmark = [pytest.mark.jack,
-              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty, /proc")]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty, /proc")
 
 
 @pytest.fixture
@@ -85,6 +85,7 @@ def first_line(proc: subprocess.Popen) -> str:
     return line
 
 
+@pytest.mark.jack
 def test_ctrl_c_twice_and_more_exits_cleanly(jack_server, place):
     proc = headless(place, "--no-record", "--seconds", "60")
     assert "state:" in first_line(proc)
@@ -101,6 +102,7 @@ def test_ctrl_c_twice_and_more_exits_cleanly(jack_server, place):
     assert "latency:" in out  # the set's last line: it ended the ordinary way
 
 
+@pytest.mark.jack
 def test_sigusr1_asks_the_session_for_a_panic(jack_server, place):
     proc = headless(place, "--no-record", "--seconds", "60")
     first_line(proc)
@@ -112,6 +114,7 @@ def test_sigusr1_asks_the_session_for_a_panic(jack_server, place):
     assert proc.returncode == 0 and "Traceback" not in err, err
 
 
+@pytest.mark.jack
 def test_a_closed_stdout_does_not_end_the_set(jack_server, place):
     seconds = 5.0
     t0 = time.monotonic()
@@ -129,6 +132,7 @@ def test_a_closed_stdout_does_not_end_the_set(jack_server, place):
     assert took >= seconds, f"the set ended after {took:.1f} s of {seconds}"
 
 
+@pytest.mark.jack
 def test_sigterm_during_startup_leaves_nothing_that_blocks_the_next_start(jack_server, place,
                                                                          tmp_path):
     record = tmp_path / "set.mid"
@@ -148,6 +152,7 @@ def test_sigterm_during_startup_leaves_nothing_that_blocks_the_next_start(jack_s
     assert not journal.exists()
 
 
+@pytest.mark.jack
 def test_a_start_killed_outright_leaves_a_journal_that_is_moved_aside(jack_server, place,
                                                                     tmp_path):
     record = tmp_path / "set.mid"
@@ -177,6 +182,7 @@ def _jackd(name: str, log) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.jack
 def test_terminal_and_midi_server_vanish_the_jam_exits_within_5_s(jack_server, place, tmp_path):
     name = f"improv-edges-{os.getpid()}"  # a server of its own: this test stops it
     log = tempfile.TemporaryFile("w+")
@@ -217,3 +223,51 @@ def test_terminal_and_midi_server_vanish_the_jam_exits_within_5_s(jack_server, p
     wait_for(lambda: not any(alive(k) for k in kids), 5, "the jam's children to go")
     assert not Path(str(record) + ".partial").exists(), "the recording was not closed"
     assert mido.MidiFile(record).tracks, "the recording is a .mid"
+
+
+# --- the pieces: printers, bounded steps, the watchdog --------------------------------------
+
+
+def test_a_printer_never_blocks_on_a_reader_that_stopped_and_goes_quiet_when_it_left():
+    r, w = os.pipe()
+    stalled = teardown.Printer(w)  # nobody reads r: the pipe fills (64 KiB), the thread waits
+    t = time.monotonic()
+    for i in range(teardown.PRINT_QUEUE * 3):
+        stalled.line(f"line {i} " + "x" * 200)
+    assert time.monotonic() - t < 1.0, "line() waited on the reader"
+    assert stalled.dropped > 0 and not stalled.drain(0.2)
+    os.close(r)  # the reader leaves: EPIPE, the printer goes quiet instead of raising
+    wait_for(lambda: stalled.dead, 5, "the printer to notice EPIPE")
+    stalled.line("after the reader left")  # nothing happens, nothing raised
+    assert os.write(w, b"x") == 1  # the descriptor now leads to /dev/null: no one's write fails
+    os.close(w)
+
+
+def test_a_bounded_step_that_hangs_is_left_behind_and_said(capfd):
+    import threading
+
+    never = threading.Event()
+    t = time.monotonic()
+    assert teardown.bounded(never.wait, 0.3, "a stuck port") is False
+    assert time.monotonic() - t < 1.0
+    assert teardown.bounded(lambda: 1 / 0, 2.0, "a failing step") is True  # raised: swallowed
+    teardown.drain(2.0)
+    err = capfd.readouterr().err
+    assert "improv: a stuck port did not finish within 0.3 s; going on without it" in err
+    assert "failing step" not in err
+    never.set()
+
+
+def test_the_watchdog_ends_a_shutdown_that_hangs():
+    code = ("import threading; from improv.commands import teardown; "
+            "teardown.Watchdog(0.5, status=7).start(); threading.Event().wait(30)")
+    t = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 7 and time.monotonic() - t < 10
+    assert "the shutdown took over 0.5 s; exiting now" in done.stderr
+    done_in_time = ("import time; from improv.commands import teardown; "
+                    "w = teardown.Watchdog(0.5, status=7).start(); w.done(); time.sleep(1)")
+    quiet = subprocess.run([sys.executable, "-c", done_in_time], capture_output=True, text=True,
+                           timeout=30)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

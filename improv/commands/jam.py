@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from improv.commands import teardown
-from improv.commands.checks import check_record_path, fail
+from improv.commands.checks import check_record_path
 from improv.commands.checks import parse_meter as _parse_meter
 from improv.commands.jam_args import KNOB_FLAGS, parser
 from improv.commands.jam_ui import (
@@ -48,7 +48,7 @@ from improv.live.session import Session, SessionOptions
 from improv.live.session_api import PortView, State
 
 log = logging.getLogger("improv.commands.jam")
-TEARDOWN_LIMIT_S = 8.0  # a shutdown that takes longer ends the process (see teardown.Watchdog)
+TEARDOWN_LIMIT_S = 10.0  # a shutdown that takes longer ends the process (see teardown.Watchdog)
 
 
 class JamError(Exception):
@@ -101,9 +101,16 @@ class Rig:
         if not teardown.bounded(self.scheduler.stop, 2.0, "the MIDI I/O process"):
             _kill_io(self.scheduler)
         if self.recorder is not None:
-            teardown.bounded(self.recorder.close, 2.0, "the recording")
+            teardown.bounded(lambda: _close_recording(self.recorder), 2.0, "the recording")
         for c in reversed(self.closers):
             teardown.bounded(c.close if hasattr(c, "close") else c.stop, 1.0, f"closing {c}")
+
+
+def _close_recording(recorder) -> None:
+    try:
+        recorder.close()
+    except Exception as e:  # a full disk: the line says how to save what was written
+        teardown.err(f"improv: {e}")
 
 
 def _kill_io(scheduler) -> None:
@@ -359,7 +366,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C twice during start-up
         pass
     except (JamError, PortError, PresetError, RecordingError, ValueError) as e:
-        status = fail(me, e)
+        teardown.err(f"{me}: {e}")  # after the lines already queued, never before them
+        status = 2
     finally:
         signals.tearing_down()
         watchdog = teardown.Watchdog(TEARDOWN_LIMIT_S).start()
@@ -367,8 +375,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             teardown.bounded(server.close, 2.0, "the UI socket")
         if rig is not None:
             rig.close()
-            if rig.recorder is not None:
-                teardown.err(f"improv: session recorded to {rig.recorder.path}")
+            recorder = rig.recorder
+            if recorder is not None and not recorder.journal.exists():
+                teardown.err(f"improv: session recorded to {recorder.path}")
+            elif recorder is not None:
+                teardown.err(f"improv: the recording was not finished; run 'improv recover "
+                             f"{recorder.journal}' to save it")
         if rig is not None and rig.session.error is not None and status == 0:
             teardown.err(f"{me}: the session failed: {rig.session.error}")
             status = 1

@@ -132,14 +132,31 @@ def test_a_closed_stdout_does_not_end_the_set(jack_server, place):
     assert took >= seconds, f"the set ended after {took:.1f} s of {seconds}"
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines()
+                if line.startswith("SigCgt:"))
+    return bool(mask >> (signum - 1) & 1)
+
+
 @pytest.mark.jack
+@pytest.mark.parametrize("moment", ["model loading", "I/O process starting"])
 def test_sigterm_during_startup_leaves_nothing_that_blocks_the_next_start(jack_server, place,
-                                                                         tmp_path):
+                                                                         tmp_path, moment):
     record = tmp_path / "set.mid"
     journal = Path(str(record) + ".partial")
     proc = headless(place, "--record", str(record), "--seconds", "60")
-    # the journal exists once the model has loaded; the I/O process and the ports come next
-    wait_for(lambda: journal.exists() or proc.poll() is not None, 30, "the recording's journal")
+    if moment == "model loading":  # the jam's handlers are in: preset and model come next
+        wait_for(lambda: catches(proc.pid, signal.SIGTERM) or proc.poll() is not None, 30,
+                 "the jam's signal handlers")
+        assert not journal.exists()
+    else:  # the journal exists once the model has loaded; the I/O process and ports are next
+        wait_for(lambda: journal.exists() or proc.poll() is not None, 30,
+                 "the recording's journal")
     proc.send_signal(signal.SIGTERM)
     out, err = finish(proc)
     assert proc.returncode == 0 and "Traceback" not in err, err

@@ -225,3 +225,28 @@ def test_many_events_from_two_threads(tmp_path):
 
 def test_journal_path_and_partial_name(tmp_path):
     assert R.journal_path(tmp_path / "a.mid") == Path(str(tmp_path / "a.mid") + ".partial")
+
+
+@pytest.mark.parametrize(("body", "moved"), [
+    (b"", True),  # killed before the header reached the disk
+    (f"{R.HEADER}\n".encode(), True),  # killed while the model loaded
+    (f"{R.HEADER}\n0 t tempo 500000\n0 t meter 4 4\n0 t marker folk\n".encode(), True),
+    (f"{R.HEADER}\n0 t tempo 500000\n12 h 903c40\n".encode(), False),  # a played note: kept
+    (f"{R.HEADER}\n0 t tempo 500000\n12 m 903c40\n".encode(), False),
+    (b"not a journal at all\n", False),  # not ours to move
+])
+def test_a_leftover_journal_without_a_note_is_moved_aside(tmp_path, body, moved):
+    target = tmp_path / "set.mid"
+    journal = R.journal_path(target)
+    journal.write_bytes(body)
+    if not moved:
+        with pytest.raises(RecordingError, match="left from an earlier session"):
+            SessionRecorder(target)
+        assert journal.read_bytes() == body
+        return
+    rec = SessionRecorder(target)
+    rec.note_on("human", 60, 90, 0)
+    rec.close(24)
+    assert rec.set_aside == tmp_path / "set.mid.partial.empty"
+    assert rec.set_aside.read_bytes() == body and not journal.exists()
+    assert notes_of(mido.MidiFile(target).tracks[1])[0][2] == 60

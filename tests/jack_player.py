@@ -79,10 +79,12 @@ class Keys:
         self._rt.delete()
 
 
-def connect(tag: str):
+def connect(tag: str, wait_go: bool = False):
     """(what the jam plays, an output into the jam) once its ports appear; None after 20 s.
     One long-lived client per direction looks for the ports: a fresh client every 50 ms
-    would churn the JACK graph while the jam's clients start."""
+    would churn the JACK graph while the jam's clients start. The ear opens at once (the
+    jam's clock Start comes on its next bar line); with ``wait_go`` the keyboard waits for
+    a line on stdin: the test says when the jam is listening."""
     import rtmidi
 
     sources = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="e2e-lister")
@@ -98,7 +100,9 @@ def connect(tag: str):
     finally:
         sources.delete()
         sinks.delete()
-    ear = heard(f"improv out {tag}")  # first: the jam's clock Start comes on its next bar line
+    ear = heard(f"improv out {tag}")
+    if wait_go:
+        sys.stdin.readline()
     keys = Keys(f"improv in {tag}")
     if not keys.probe():
         print("the player's own keyboard client never ran (JACK)", file=sys.stderr)
@@ -122,7 +126,7 @@ def _sounding(got) -> set[int]:
 
 
 def main(tag: str, jam_pid: int, out_path: str, how: str = "TERM") -> int:
-    ports = connect(tag)
+    ports = connect(tag, wait_go=True)
     if ports is None:
         return 2
     inp, out = ports

@@ -38,40 +38,44 @@ def jam_command(tag: str, model_dir, *extra: str) -> list[str]:
             "--bpm", str(BPM), "--seconds", "40", "--seed", "3", "--clock-out", *extra]
 
 
-def start_jam(cmd: list[str]):
-    """The jam's process and its output lines as they come, once it printed its first state."""
+def start_jam(cmd: list[str], player_args: list[str]):
+    """The jam's process, its output lines as they come, and the player (tests/jack_player.py)
+    told to play once the jam printed its first state. The player's ear opens as soon as
+    the jam's output appears (the jam's clock Start comes on its next bar line); its
+    keyboard, a JACK client, opens only once the jam listens, so no client of ours opens
+    while the jam's clients start."""
     env = dict(os.environ, JACK_NO_START_SERVER="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
-    # The player's JACK clients start once the jam's ports are up: JACK clients opening
-    # and closing while the jam's input client starts can leave that client never
-    # scheduled (a known fault of the shared server, tracked with the stage faults).
+    player = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("jack_player.py")), player_args[0],
+         str(proc.pid), *player_args[1:]], env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: any("state:" in x for x in lines) or proc.poll() is not None, 30,
                  "the jam's first state line")
-    except AssertionError:
-        proc.kill()
-        proc.wait()
+        player.stdin.write("go\n")
+        player.stdin.flush()
+    except (AssertionError, OSError):
+        for p in (proc, player):
+            p.kill()
+            p.wait()
         raise
-    return proc, lines, reader, env
+    return proc, lines, reader, player
 
 
 @pytest.mark.jack
 def test_jam_answers_on_the_beat_and_ends_every_note(jack_backend, tiny_model_dir, tmp_path):
     tag = f"e2e{os.getpid()}"
-    proc, lines, reader, env = start_jam(jam_command(
+    proc, lines, reader, player = start_jam(jam_command(
         tag, tiny_model_dir, "--record", str(tmp_path / "set.mid"),
         "--set", "silence_beats=1", "--set", "response_bars=2", "--set", "humanize_ms=0",
-        "--set", "swing=0", "--set", "response_start=beat", "--set", "density=0.5"))
-    player = None
+        "--set", "swing=0", "--set", "response_start=beat", "--set", "density=0.5"),
+        [tag, str(tmp_path / "heard.json")])
     try:
-        player = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("jack_player.py")), tag,
-             str(proc.pid), str(tmp_path / "heard.json")], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
         proc.wait(timeout=60)
         exited = time.monotonic()
         reader.join(timeout=5)
@@ -124,16 +128,12 @@ def test_killing_the_session_mid_answer_ends_every_note_within_300_ms(
     """SIGKILL to `improv jam` (the session process) while the answer sounds: its real-time
     I/O process sees the pipe close, ends every sounding note and says so."""
     tag = f"kill{os.getpid()}"
-    proc, lines, reader, env = start_jam(jam_command(
+    proc, lines, reader, player = start_jam(jam_command(
         tag, tiny_model_dir, "--no-record",
         "--set", "silence_beats=1", "--set", "response_bars=4", "--set", "humanize_ms=0",
-        "--set", "response_start=beat", "--set", "density=0.9", "--set", "mode=overlap"))
-    player = None
+        "--set", "response_start=beat", "--set", "density=0.9", "--set", "mode=overlap"),
+        [tag, str(tmp_path / "heard.json"), "KILL"])
     try:
-        player = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("jack_player.py")), tag,
-             str(proc.pid), str(tmp_path / "heard.json"), "KILL"], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         player_said, _ = player.communicate(timeout=60)
         proc.wait(timeout=10)
         reader.join(timeout=10)  # the I/O process holds the pipe until it exits

@@ -7,6 +7,7 @@ its recording closed."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -288,3 +289,20 @@ def test_the_watchdog_ends_a_shutdown_that_hangs():
     quiet = subprocess.run([sys.executable, "-c", done_in_time], capture_output=True, text=True,
                            timeout=30)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_a_printer_waits_out_a_non_blocking_reader_that_is_slow():
+    r, w = os.pipe()
+    os.set_blocking(w, False)  # as a terminal a UI made non-blocking: EAGAIN when full
+    p = teardown.Printer(w)
+    lines = [f"{i:05d} " + "y" * 1000 for i in range(200)]  # 200 KB: more than the pipe holds
+    for line in lines:
+        p.line(line)
+    got = b""
+    while len(got) < sum(len(x) + 1 for x in lines):
+        if not select.select([r], [], [], 5.0)[0]:
+            break  # the printer gave up: what came is compared below
+        got += os.read(r, 65536)
+    assert got.decode().splitlines() == lines and not p.dead
+    os.close(r)
+    os.close(w)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import queue
+import select
 import signal
 import sys
 import threading
@@ -61,7 +62,10 @@ class Printer:
             data = (self._queue.get() + "\n").encode("utf-8", "replace")
             try:
                 while data:
-                    data = data[os.write(self.fd, data):]
+                    try:
+                        data = data[os.write(self.fd, data):]
+                    except BlockingIOError:  # a terminal another process made non-blocking
+                        select.select([], [self.fd], [], 1.0)
             except OSError:  # EPIPE (the reader left), EIO (the terminal went away)
                 self._silence()
                 return

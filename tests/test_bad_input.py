@@ -75,6 +75,8 @@ BAD = [
     ("jam --model {model:context=-1}", "context = -1 is impossible"),
     ("jam --model {model:d_model=190}", "does not split into 6 heads"),
     ("jam --model {model:context=1000000000000}", "context = 1000000000000 is impossible"),
+    ("jam --model {tmp}/nowhere", "nowhere does not exist"),
+    ("jam --model {tmp}/a-file", "does not exist"),
     ("jam --meter 0/4", "meter '0/4' is not usable"),
     ("jam --meter 4/0", "meter '4/0' is not usable"),
     ("jam --meter 4/3", "meter '4/3' is not usable"),

@@ -29,6 +29,7 @@ from improv.live.session_api import (
     PortView,
     SelectPort,
     SelectPreset,
+    SetClick,
     SetKey,
     SetMode,
     Snapshot,
@@ -36,7 +37,7 @@ from improv.live.session_api import (
     Stop,
     TapTempo,
 )
-from improv.stage.roll import Window, fit_window, note_name, render_roll
+from improv.stage.screens import QuitScreen
 from improv.stage.tui import ImprovApp
 from improv.stage.widgets import KnobView, PortsScreen
 
@@ -44,7 +45,8 @@ NAMES = ("ballad", "celtic-reel", "chorale", "classical", "folk-song", "renaissa
 
 
 def fixed_notes(now: float) -> tuple[NoteView, ...]:
-    """Two bars of call and two of answer, repeating; the last human note still sounding."""
+    """Two bars of call and two of answer, repeating; the last human note still sounding; the
+    answer generated a beat ahead of now (planned, not sounding yet)."""
     notes = []
     for phrase in range(3):
         base = phrase * 16
@@ -56,7 +58,7 @@ def fixed_notes(now: float) -> tuple[NoteView, ...]:
             start = base + 8.5 + i * 0.75
             notes.append(NoteView("machine", 64 + step, start, start + 0.5))
     notes.append(NoteView("human", 72, now - 0.75, None))
-    return tuple(n for n in notes if n.start < now)
+    return tuple(n for n in notes if n.start < now + 1.0)
 
 
 def fixed_snapshot() -> Snapshot:
@@ -72,6 +74,7 @@ def fixed_snapshot() -> Snapshot:
         latency=Latency(4.2, 9.8, 0.7, 231.0, late=1, dropped=0),
         notes=fixed_notes(now), bindings={"density": 1, "temperature": 74},
         recording="/home/player/improv/2024-05-01-2130.mid",
+        click=True, countdown=(40.0, 48.0), answer_span=(40.0, 48.0),
     )
 
 
@@ -190,20 +193,31 @@ async def test_midi_learn_on_the_focused_knob():
         fake.snap = replace(fake.snap, learning="top_p")
         await until(pilot, lambda: "learn…" in on_screen(app))
         assert "learn…" in shown(top_p) and "learn top-p: turn a control" in on_screen(app)
+        await pilot.press("escape")  # while learning, escape cancels it (no panic)
+        assert fake.sent[-1] == Learn(None)
+        await pilot.press("l")  # as l on the knob being learned does
+        assert fake.sent[-1] == Learn(None) and Panic() not in fake.sent
         fake.snap = replace(fake.snap, learning=None, bindings={**fake.snap.bindings, "top_p": 21})
         await until(pilot, lambda: "cc21" in on_screen(app))
         assert "learn" not in shown(top_p) and "learn top-p" not in on_screen(app)
-        await pilot.press("escape")
-        assert fake.sent[-1] == Learn(None)
+        await pilot.press("escape")  # and otherwise panics
+        assert fake.sent[-1] == Panic()
 
 
 @sync
-async def test_mode_key_lock_tap_panic():
-    app = make_app()
+async def test_mode_key_lock_tap_click_panic():
+    app = make_app(FakeSession(replace(fixed_snapshot(), click=False)))
     fake = app.session
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("m", "k", "space", "exclamation_mark", "f12")
-        assert fake.sent == [SetMode("overlap"), SetKey("G major"), TapTempo(), Panic(), Panic()]
+        await pilot.press("m", "k", "space", "c", "escape", "f12")
+        assert fake.sent == [SetMode("overlap"), SetKey("G major"), TapTempo(), SetClick(True),
+                             Panic(), Panic()]
+        await pilot.press("exclamation_mark")  # shift+1 is preset 1's key: no panic there
+        assert fake.sent[-1] == Panic() and len(fake.sent) == 6
+        fake.snap = replace(fake.snap, click=True)
+        await until(pilot, lambda: "♩ click" in on_screen(app))
+        await pilot.press("c")
+        assert fake.sent[-1] == SetClick(False)
         fake.snap = replace(fake.snap, mode="overlap", key="G major")
         await until(pilot, lambda: "mode overlap  key G major" in on_screen(app))
         await pilot.press("m", "k")
@@ -211,10 +225,21 @@ async def test_mode_key_lock_tap_panic():
 
 
 @sync
-async def test_quit_sends_stop_then_exits():
+async def test_quit_asks_before_it_ends_the_set():
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, QuitScreen))
+        assert "End the set?" in on_screen(app) and app.session.sent == []
+        await pilot.press("n")  # play on
+        await until(pilot, lambda: not isinstance(app.screen, QuitScreen))
+        assert app.session.sent == [] and app.return_code is None
+        await pilot.press("q", "escape")  # escape plays on too (and is no panic here)
+        await until(pilot, lambda: not isinstance(app.screen, QuitScreen))
+        assert app.session.sent == []
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, QuitScreen))
+        await pilot.press("y")
         await pilot.pause()
         assert app.session.sent == [Stop()]
     assert app.return_code == 0
@@ -335,7 +360,7 @@ async def test_a_failing_session_is_logged_not_fatal():
 
     app = make_app(Broken())
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("!")
+        await pilot.press("f12")
         log = "\n".join(str(line.text) for line in app.query_one("#log").lines)
         assert "could not send Panic()" in log and "queue full" in log
 
@@ -389,7 +414,7 @@ async def test_every_panel_follows_the_snapshot():
     app = make_app()
     fake = app.session
     changes = [
-        (dict(state=State.LISTENING), ["LISTENING"]),
+        (dict(state=State.LISTENING, answer_span=None, countdown=None), ["YOUR TURN"]),
         (dict(bpm=132.0), ["132 bpm"]),
         (dict(beat=45.0), ["bar 12.2"]),
         (dict(recording=None), []),
@@ -397,7 +422,7 @@ async def test_every_panel_follows_the_snapshot():
          ["5.5 med 12.5 p99", "2.5 p99", "180 tok/s", "late 3  dropped 2"]),
         (dict(ports=(PortView("in", "Other Keys", False), PortView("out", "Synth", True))),
          ["in ○ Other Keys", "out ● Synth"]),
-        (dict(notes=(NoteView("machine", 84, 44.0, None),)), [r"re:C6 [ ·│]*■━$"]),
+        (dict(notes=(NoteView("machine", 84, 44.0, None),)), [r"re:C6 [ ·│]*■━+┃"]),
         (dict(presets=("one", "two")), ["1 one", "2 two"]),
         (dict(mode="overlap", key="off"), ["mode overlap  key off"]),
         (dict(bindings={"bpm": 7}), ["tempo         96 ▰▰▱▱▱▱▱ cc7"]),
@@ -460,56 +485,26 @@ def test_demo_session_picks_ports_from_its_own_list():
     assert f"output port: {outputs[-1]}" in log and any("no such keyboard" in x for x in log)
 
 
-# --- the piano roll ------------------------------------------------------------------------
-
-
-def test_roll_draws_human_and_machine_notes_where_they_are():
-    snap = Snapshot(beat=8.0, notes=(NoteView("human", 60, 4.0, 5.0),
-                                     NoteView("machine", 62, 6.0, None)))
-    text, win = render_roll(snap, width=24, height=6)  # 20 columns, 2 a beat: beats -2..8
-    rows = text.plain.split("\n")
-    assert len(rows) == 6 and all(len(r) == 24 for r in rows)
-    human_row, machine_row = rows[1 + win.row_of(60)], rows[1 + win.row_of(62)]
-    assert human_row[4 + 12:4 + 14] == "■━"  # beat 4 is column (4 + 2) * 2
-    assert machine_row[4 + 16:] == "■━━━", "a sounding note reaches now, the right edge"
-    assert human_row.startswith("C4")
-
-
-def test_roll_styles_tell_who_played():
-    human, machine = "bold cyan", "bold magenta"
-    snap = Snapshot(beat=4.0, notes=(NoteView("human", 60, 1.0, 2.0),
-                                     NoteView("machine", 67, 2.0, 3.0)))
-    text, win = render_roll(snap, 30, 8, {"human": human, "machine": machine})
-    styled = {text.plain[s.start:s.end]: str(s.style) for s in text.spans
-              if s.style in (human, machine) and text.plain[s.start:s.end].strip("■━") == ""}
-    assert human in styled.values() and machine in styled.values()
-
-
-def test_roll_fits_pitches_and_holds_still():
-    win = fit_window([60, 64, 67], rows=10)
-    assert all(win.row_of(p) is not None for p in (60, 64, 67)) and win.fold == 1
-    assert fit_window([61, 65], rows=10, prev=win) is win, "no jumping while notes fit"
-    wide = fit_window([30, 90], rows=10)
-    assert wide.fold == 7 and wide.row_of(30) == 9 and wide.row_of(90) == 0
-    assert fit_window([], rows=12).row_of(60) is not None
-    assert note_name(60) == "C4" and note_name(61) == "C#4" and note_name(0) == "C-1"
-    top = fit_window([120, 127], rows=20)  # clamped to the MIDI range, notes still shown
-    assert top.hi == 128 and top.row_of(127) == 0 and top.row_of(120) is not None
-    assert Window(0, 10, 3).row_of(29) == 0 and Window(0, 10, 3).row_of(30) is None
-
-
-def test_roll_scales_with_the_terminal():
-    snap = fixed_snapshot()
-    small, _ = render_roll(snap, 47, 14)
-    big, _ = render_roll(snap, 118, 36)
-    assert len(small.plain.split("\n")) == 14 and len(big.plain.split("\n")) == 36
-    # wider: twice the columns per beat, and more beats shown
-    assert big.plain.count("│") > small.plain.count("│")
-
-
 # --- screenshots ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_main_screen_snapshot(snap_compare, size):
+    """An answer: ANSWERING, its bars left, its planned notes ahead of the playhead."""
     assert snap_compare(make_app(), terminal_size=size)
+
+
+def your_turn() -> Snapshot:
+    """Trading two-bar phrases: the player's call, a bar and a half to the hand-over."""
+    snap = fixed_snapshot()
+    now = 50.5
+    notes = tuple(n for n in fixed_notes(now) if n.start < 48.0 or n.who == "human")
+    notes += (NoteView("human", 67, 48.0, 49.0), NoteView("human", 71, 49.0, 50.0),
+              NoteView("human", 74, 50.0, None))
+    return replace(snap, state=State.LISTENING, beat=now, notes=notes, countdown=(48.0, 56.0),
+                   answer_span=None, knobs={**snap.knobs, "call_bars": 2.0})
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_your_turn_countdown_snapshot(snap_compare, size):
+    assert snap_compare(make_app(FakeSession(your_turn())), terminal_size=size)

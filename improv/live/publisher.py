@@ -33,6 +33,9 @@ class Publisher:
         self.history = NoteHistory()
         self.snapshot = Snapshot()
         self._last = float("-inf")
+        # (start, end) stream ticks of the latest answer: it is generated a lookahead ahead,
+        # so the session is done with it (IDLE) while its last beat still sounds
+        self.span: tuple[int, int] | None = None
 
     def say(self, line: str) -> None:
         log.info(line)
@@ -55,6 +58,8 @@ class Publisher:
     def cut(self, tick: float) -> None:
         """The answer stopped at stream tick ``tick``: its planned notes after it are gone."""
         self.history.cut("machine", tick / self.beat_ticks)
+        if self.span is not None:
+            self.span = (self.span[0], min(self.span[1], int(tick)))
 
     def due(self, force: bool = False) -> bool:
         """Whether a snapshot is due (20 Hz, or at once when forced)."""
@@ -77,6 +82,11 @@ class Publisher:
         bt = clock.beat_ticks
         r = session.answer
         click = session.click
+        if r is not None:
+            self.span = (r.start_tick, r.end_tick)
+        elif self.span is not None and session.now_tick() >= self.span[1]:
+            self.span = None
+        span = self.span
         self.snapshot = Snapshot(
             state=session.state,
             beat=session.now_tick() / clock.beat_ticks,
@@ -107,15 +117,16 @@ class Publisher:
             recording=str(getattr(session.recorder, "path", "")) or None,
             click=bool(preset.click),
             count_in_until=(click.listen_at + session.offset) / bt if click.counting() else None,
-            countdown=countdown(session),
-            answer_span=None if r is None else (r.start_tick / bt, r.end_tick / bt),
+            countdown=countdown(session, span),
+            answer_span=None if span is None else (span[0] / bt, span[1] / bt),
         )
 
 
-def countdown(session) -> tuple[float, float] | None:
+def countdown(session, span: tuple[int, int] | None = None) -> tuple[float, float] | None:
     """(from, to) beats of the stretch the stage counts down now, None when its end is not
     known: the count-in; a trading call (from its first bar line); the wait for a placed
-    answer (at most a bar); the answer, to the player's turn."""
+    answer (at most a bar); the answer (``span``, in stream ticks: it sounds on after the
+    session is done with it), to the player's turn."""
     s = session
     bt, bar = s.clock.beat_ticks, s.clock.bar_ticks
     click, r = s.click, s.answer
@@ -123,8 +134,8 @@ def countdown(session) -> tuple[float, float] | None:
         return (click.count_from + s.offset) / bt, (click.listen_at + s.offset) / bt
     if r is not None and s.state == State.THINKING:
         return max(r.call_bar, r.start_tick - bar) / bt, r.start_tick / bt
-    if r is not None and s.state == State.RESPONDING:
-        return r.start_tick / bt, r.end_tick / bt
+    if span is not None and s.call_start is None and s.now_tick() >= span[0]:
+        return span[0] / bt, span[1] / bt
     if s.state == State.LISTENING and s.call_start is not None and s.preset.call_bars:
         return s.call_bar / bt, (s.call_bar + s.preset.call_bars * bar) / bt
     return None

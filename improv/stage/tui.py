@@ -9,7 +9,9 @@ snapshot (a knob moves on screen when the session says it moved).
 While the app runs it owns the terminal, so logging handlers that write to it are held (see
 ``TerminalLogs``): a line printed there would land on top of the panels.
 
-Panels live in ``tui_widgets`` and ``tui_roll``; colours and layout in ``tui.tcss``.
+Panels live in ``widgets``, ``turn`` (whose turn, big) and ``roll``; the help and quit screens
+in ``screens``; colours and layout in ``tui.tcss``. The keys are ``BINDINGS``, once: the key
+bar and the help screen (F1, ?) are made from them. ``q`` asks before it ends a set.
 ``python -m improv.stage.tui --demo`` runs the app over a simulated session (``tui_demo``);
 ``improv ui`` runs it over a jam in another process (``stage.remote``).
 """
@@ -37,6 +39,7 @@ from improv.live.session_api import (
     Panic,
     SelectPreset,
     SessionLike,
+    SetClick,
     SetKey,
     SetMode,
     Snapshot,
@@ -44,6 +47,8 @@ from improv.live.session_api import (
     TapTempo,
 )
 from improv.stage.roll import PianoRoll
+from improv.stage.screens import HelpScreen, QuitScreen
+from improv.stage.turn import BigState
 from improv.stage.widgets import (
     KeyBar,
     KnobPanel,
@@ -72,24 +77,29 @@ KNOB_KEYS = (
 
 
 def _bindings() -> list[Binding]:
+    """Every key, each with what it does (the help screen lists them all; the key bar the
+    shown ones, one per group)."""
     out = [Binding("1", "preset(1)", "preset", key_display="1-9")]
-    out += [Binding(str(n), f"preset({n})", show=False) for n in range(2, 10)]
+    out += [Binding(str(n), f"preset({n})", "preset", show=False) for n in range(2, 10)]
     for down, up, knob, label in KNOB_KEYS:
         shown = "-/+" if knob == "bpm" else f"{down}/{up}"
         out.append(Binding(up, f"nudge('{knob}', 1)", label, key_display=shown))
-        out.append(Binding(down, f"nudge('{knob}', -1)", show=False))
+        out.append(Binding(down, f"nudge('{knob}', -1)", label, show=False))
     out += [
         Binding("space", "tap", "tap", key_display="space"),
         Binding("m", "mode", "mode"),
         Binding("k", "key_lock", "key lock"),
+        Binding("c", "click", "click"),
         Binding("up", "focus_knob(-1)", "knob", key_display="↑↓←→"),
-        Binding("down", "focus_knob(1)", show=False),
-        Binding("right", "turn(1)", show=False),
-        Binding("left", "turn(-1)", show=False),
-        Binding("l", "learn", "learn", key_display="l/esc"),
-        Binding("escape", "cancel_learn", show=False),
+        Binding("down", "focus_knob(1)", "knob", show=False),
+        Binding("right", "turn(1)", "turn the knob", show=False),
+        Binding("left", "turn(-1)", "turn the knob", show=False),
+        Binding("l", "learn", "learn"),
         Binding("o", "ports", "ports"),
-        Binding("exclamation_mark,f12", "panic", "panic", key_display="!"),
+        # panic: escape (and F12), never a preset key's shifted twin; while learning, escape
+        # cancels the learning instead (the status line says so)
+        Binding("escape,f12", "escape", "panic", key_display="esc"),
+        Binding("f1,question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
     ]
     return out
@@ -162,6 +172,8 @@ class ImprovApp(App):
     TITLE = "improv"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = _bindings()
+    # a tall terminal gets the big state in big letters (tui.tcss: Screen.-tall)
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
 
     # the panels bound to it decide what to repaint (see SnapshotView.view_key)
     snapshot: reactive[Snapshot] = reactive(Snapshot, repaint=False)
@@ -194,6 +206,7 @@ class ImprovApp(App):
                 yield LatencyPanel(id="latency").data_bind(ImprovApp.snapshot)
             with Vertical(id="stage"):
                 yield StatusBar(id="status").data_bind(ImprovApp.snapshot)
+                yield BigState(id="turn").data_bind(ImprovApp.snapshot)
                 yield PortsBar(id="ports").data_bind(ImprovApp.snapshot)
                 yield PianoRoll(id="roll").data_bind(ImprovApp.snapshot)
                 # min_width: RichLog renders every line at least 78 wide, so nothing wrapped in a
@@ -288,21 +301,37 @@ class ImprovApp(App):
         if view is None:
             self.log_line("MIDI learn: pick a knob first (↑/↓), then press l")
             return
-        self.send(Learn(view.knob))
+        # l again on the knob being learned cancels, as escape does
+        self.send(Learn(None if self.snapshot.learning == view.knob else view.knob))
 
-    def action_cancel_learn(self) -> None:
-        self.send(Learn(None))  # harmless when not learning; never races a snapshot
-
-    def action_ports(self) -> None:
-        self.push_screen(PortsScreen(self.snapshot.ports, self.list_ports, self.send))
+    def action_escape(self) -> None:
+        """Panic; while a knob waits for its CC, escape cancels that instead."""
+        self.send(Learn(None) if self.snapshot.learning else Panic())
 
     def action_panic(self) -> None:
         self.send(Panic())
 
+    def action_click(self) -> None:
+        self.send(SetClick(not self.snapshot.click))
+
+    def action_ports(self) -> None:
+        self.push_screen(PortsScreen(self.snapshot.ports, self.list_ports, self.send))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.BINDINGS))
+
     async def action_quit(self) -> None:
-        if self.quit_ends_set:
+        """End the set (asked first), or only detach when this UI does not own the set."""
+        if not self.quit_ends_set:
+            self.exit()
+        elif not isinstance(self.screen, QuitScreen):
+            self.push_screen(QuitScreen(), self._quit_answered)
+
+    def _quit_answered(self, end: bool | None) -> None:
+        if end:
             self.send(Stop())
-        self.exit()
+            self.exit()
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -14,6 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.geometry import Size
+from textual.keys import format_key
 from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widget import Widget
@@ -21,7 +22,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from improv.core import knobs
-from improv.live.session_api import Intent, Latency, PortView, SelectPort, Snapshot, State
+from improv.live.session_api import Intent, Latency, PortView, SelectPort, Snapshot
 
 # knob name -> label on screen: the knob registry's label, in stage order
 KNOB_LABELS = {name: knobs.FIELDS[name].label for name in knobs.LIVE}
@@ -41,6 +42,14 @@ def format_knob(name: str, value: float | None) -> str:
     if name == "bpm":
         return f"{value:.0f}"
     return f"{value:.2f}"
+
+
+_KEY_LABELS = {"minus": "-", "plus": "+", "f1": "F1", "f12": "F12"}
+
+
+def key_label(key: str) -> str:
+    """A key as the stage shows it: ``question_mark`` -> ``?``, ``escape`` -> ``esc``."""
+    return _KEY_LABELS.get(key, format_key(key))
 
 
 def _ms(v: float | None) -> str:
@@ -81,25 +90,26 @@ class SnapshotView(Widget):
 
 
 class StatusBar(SnapshotView):
-    """State, tempo, meter, clock source and position; mode, key lock and recording."""
+    """Tempo, meter, position, clock source and click; mode, key lock and recording. (Whose
+    turn it is, the big state panel says: ``improv.stage.turn``.)"""
 
-    COMPONENT_CLASSES = {f"status--{s.value}" for s in State} | {"status--dim", "status--learn"}
+    COMPONENT_CLASSES = {"status--dim", "status--learn", "status--click"}
 
     def view_key(self, s: Snapshot) -> object:
-        return (s.state, s.bpm, s.meter, s.clock_source, int(s.beat), s.learning, s.mode, s.key,
-                s.key_detected, s.recording)
+        return (s.bpm, s.meter, s.clock_source, int(s.beat), s.learning, s.mode, s.key,
+                s.key_detected, s.recording, s.click)
 
     def render(self) -> Text:
         s = self.snapshot
-        bar_len = s.meter[0] * 4 / s.meter[1]
-        bar, beat = divmod(max(0.0, s.beat), bar_len)
-        badge = self.get_component_rich_style(f"status--{s.state.value}", partial=True)
+        bar, beat = divmod(max(0.0, s.beat), max(1, s.meter[0]))  # beats of the meter's unit
         dim = self.get_component_rich_style("status--dim", partial=True)
         line1 = Text.assemble(
-            (f" {s.state.value.upper()} ", badge), " ",
-            f"{s.bpm:.0f} bpm {s.meter[0]}/{s.meter[1]}  bar {int(bar) + 1}.{int(beat) + 1}  ",
+            f" {s.bpm:.0f} bpm {s.meter[0]}/{s.meter[1]}  bar {int(bar) + 1}.{int(beat) + 1}  ",
             ("clock ", dim), CLOCK_LABELS.get(s.clock_source, s.clock_source),
         )
+        if s.click:
+            line1.append("  ♩ click", self.get_component_rich_style("status--click",
+                                                                     partial=True))
         if s.learning:
             learn = self.get_component_rich_style("status--learn", partial=True)
             label = KNOB_LABELS.get(s.learning, s.learning)

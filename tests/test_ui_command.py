@@ -101,6 +101,9 @@ def test_q_detaches_an_attached_ui_and_ends_the_set_from_the_jams_own(runtime, o
                  "the first frame")
         wait_for(lambda: server.client_pids() == [term.proc.pid], 10, "the UI attached")
         os.write(term.master, b"q")
+        if owner:  # the jam's own UI asks before it ends the set
+            wait_for(lambda: "End the set?" in term.text(), 10, "the question")
+            os.write(term.master, b"y")
         assert term.wait() == 0, term.text()[-2000:]
         wait_for(lambda: server.client_pids() == [], 10, "the UI detached")
     assert fake.sent == ([Stop()] if owner else [])

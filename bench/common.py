@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from improv.core import paths
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "bench"
 SCHEMA = 1
@@ -217,7 +219,7 @@ def find_model(arg: str | None) -> tuple[Path, bool]:
         return shipped[0], False
     from improv.live.engine import ModelError, read_model_dir
 
-    cache = Path.home() / ".cache" / "improv" / "bench" / "random-model"
+    cache = paths.cache_dir() / "bench" / "random-model"
     try:
         read_model_dir(cache)
     except ModelError:  # missing, or made by an older improv

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from improv.core import paths
 from improv.core import tokens as tk
 from improv.live.engine import Engine
 from improv.live.sampler import Sampler
@@ -31,7 +32,7 @@ _NOTE_END = (tk.is_note_on, tk.is_note_off)
 
 def corpus_dir() -> Path:
     env = os.environ.get("IMPROV_CORPUS")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "improv" / "corpus"
+    return Path(env).expanduser() if env else paths.corpus_dir()
 
 
 def synthetic_tokens(n_notes: int, seed: int = 0) -> list[int]:

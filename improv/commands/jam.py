@@ -33,7 +33,7 @@ from improv.commands.jam_ui import (
     start_api_server,
     terminal_ok,
 )
-from improv.core import knobs
+from improv.core import knobs, paths
 from improv.core.presets import (
     PresetError,
     PresetLibrary,
@@ -77,7 +77,8 @@ def default_model_dir() -> Path:
 
 
 def sessions_dir() -> Path:
-    return Path(os.environ.get("IMPROV_SESSIONS", Path.home() / "improv-sessions"))
+    """Where sets are recorded (improv.core.paths: $IMPROV_SESSIONS, else ~/Music/...)."""
+    return paths.sessions_dir()
 
 
 @dataclass

@@ -17,13 +17,13 @@ Where presets come from, later folders overriding earlier ones by preset ``name`
 
 1. the shipped folder: ``$IMPROV_PRESETS`` when set, else ``presets/`` next to the package
    (a checkout or an editable install);
-2. the user folder: ``$XDG_CONFIG_HOME/improv/presets`` (Linux, default ``~/.config``),
-   ``~/Library/Application Support/improv/presets`` (macOS), ``%APPDATA%\\improv\\presets``
-   (Windows).
+2. the user folder: ``presets`` in improv's config folder (:mod:`improv.core.paths`:
+   ``~/.config/improv`` on Linux, ``~/Library/Application Support/improv`` on macOS,
+   ``%APPDATA%\\improv`` on Windows).
 
-The room imports the standard library only (``tomli`` on Python 3.10), the key table of
-:mod:`improv.core.keys` and the knob registry, so the UI and the live path can both hold
-presets without pulling anything else in.
+The room imports the standard library only (``tomli`` on Python 3.10; platformdirs through
+:mod:`improv.core.paths`), the key table of :mod:`improv.core.keys` and the knob registry,
+so the UI and the live path can both hold presets without pulling anything else in.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from improv.core import knobs
+from improv.core import knobs, paths
 from improv.core.keys import parse_key, pitch_classes
 from improv.core.knobs import CORPUS_STYLES  # noqa: F401  (re-exported: presets.CORPUS_STYLES)
 
@@ -281,14 +281,8 @@ def shipped_preset_dir() -> Path:
 
 
 def user_preset_dir() -> Path:
-    """The platform's per-user config folder for presets (it may not exist yet)."""
-    if sys.platform == "win32":
-        base = os.environ.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
-        return Path(base) / "improv" / "presets"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "improv" / "presets"
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "improv" / "presets"
+    """``presets`` in the per-user config folder (improv.core.paths; may not exist yet)."""
+    return paths.config_dir() / "presets"
 
 
 def preset_dirs() -> list[Path]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from improv.core import paths
 from improv.core import tokens as tk
 
 
@@ -49,8 +50,8 @@ class Split:
 
 
 def default_corpus_dir() -> Path:
-    env = os.environ.get("IMPROV_CORPUS")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "improv" / "corpus"
+    """``$IMPROV_CORPUS``, else ``corpus`` in the user's cache folder (improv.core.paths)."""
+    return paths.corpus_dir()
 
 
 def atomic_write(path: Path, write) -> None:

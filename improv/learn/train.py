@@ -6,7 +6,7 @@ with native bf16), a fixed set of validation batches, resumable checkpoints,
 and the hand-off of the best model (by validation loss) to a model directory
 with its ONNX export.
 
-Checkpoints (``--ckpt``, default ``~/.cache/improv/runs/NAME``)::
+Checkpoints (``--ckpt``, default ``runs/NAME`` in the user cache folder, improv.core.paths)::
 
     model.safetensors   weights
     optim.pt            optimizer state and torch RNG state (tensors and plain
@@ -36,6 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from improv.core import paths
 from improv.core import tokens as tk
 from improv.learn import data, dataset
 from improv.learn.model import GPT, ModelConfig, ModelError, default_styles, load_model, save_model
@@ -53,7 +54,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="corpus folder (improv data) or, to fine-tune, a folder of .mid files "
-        "(default: the corpus in ~/.cache/improv/corpus)",
+        f"(default: the corpus in {paths.corpus_dir()})",
     )
     ap.add_argument("--out", type=Path, required=True, help="model directory to write, models/NAME")
     ap.add_argument(
@@ -107,7 +108,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--ckpt",
         type=Path,
         default=None,
-        help="checkpoint folder (default: ~/.cache/improv/runs/NAME)",
+        help=f"checkpoint folder (default: {paths.cache_dir() / 'runs'}/NAME)",
     )
     ap.add_argument("--resume", action="store_true", help="continue the run in --ckpt")
     ap.add_argument(
@@ -333,7 +334,7 @@ def train(args) -> RunState:
     amp = args.bf16 == "on" or (args.bf16 == "auto" and _native_bf16(device))
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    ckpt = (args.ckpt or Path.home() / ".cache" / "improv" / "runs" / args.out.name).expanduser()
+    ckpt = (args.ckpt or paths.cache_dir() / "runs" / args.out.name).expanduser()
     resuming = args.resume and (ckpt / "state.json").exists()
     if (ckpt / "state.json").exists() and not args.resume:
         raise TrainError(

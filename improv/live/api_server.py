@@ -38,6 +38,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from improv.core import paths
 from improv.core.knobs import LIVE as LIVE_KNOBS
 from improv.live.session_api import (
     NudgeKnob,
@@ -61,20 +62,8 @@ USE_TCP = os.name == "nt"
 
 
 def runtime_dir() -> Path:
-    """Per-user folder for sockets and address files (0700): $IMPROV_RUNTIME_DIR, else
-    $XDG_RUNTIME_DIR/improv, else ~/.cache/improv/run."""
-    env = os.environ.get("IMPROV_RUNTIME_DIR")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if env:
-        path = Path(env)
-    elif xdg and Path(xdg).is_dir():
-        path = Path(xdg) / "improv"
-    else:
-        path = Path.home() / ".cache" / "improv" / "run"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if os.name != "nt":
-        os.chmod(path, 0o700)
-    return path
+    """Per-user folder for sockets and address files (0700): see improv.core.paths."""
+    return paths.runtime_dir()
 
 
 @dataclass(frozen=True)

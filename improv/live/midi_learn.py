@@ -31,8 +31,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from improv.core import knobs
-from improv.core.presets import user_preset_dir
+from improv.core import knobs, paths
 
 FORMAT_VERSION = 1
 
@@ -224,8 +223,8 @@ class Learner:
 
 
 def config_dir() -> Path:
-    """The per-user improv config folder (the parent of the user presets folder)."""
-    return user_preset_dir().parent
+    """The per-user improv config folder (improv.core.paths)."""
+    return paths.config_dir()
 
 
 def bindings_path() -> Path:

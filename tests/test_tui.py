@@ -466,8 +466,12 @@ def test_demo_session_applies_intents_and_is_deterministic_on_a_frozen_clock():
     later = demo.snapshot()
     assert later.learning is None and "bpm" in later.bindings and later.beat > first.beat
     clock[0] += 60 / later.bpm * 8  # 8 beats on: into the answer of the first call
-    assert demo.snapshot().state == State.RESPONDING
-    assert any(n.who == "machine" for n in demo.snapshot().notes)
+    snap = demo.snapshot()
+    assert snap.state == State.RESPONDING and snap.countdown == snap.answer_span
+    assert any(n.who == "machine" for n in snap.notes)
+    assert any(n.who == "machine" and n.start > snap.beat for n in snap.notes), "planned"
+    demo.send(SetClick(True))
+    assert demo.snapshot().click
 
 
 def test_demo_session_picks_ports_from_its_own_list():

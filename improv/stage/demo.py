@@ -25,6 +25,7 @@ from improv.live.session_api import (
     PortView,
     SelectPort,
     SelectPreset,
+    SetClick,
     SetKey,
     SetKnob,
     SetMode,
@@ -78,10 +79,17 @@ class DemoSession:
             self.snap = replace(self.snap, learning=None, bindings={**moved, knob: cc})
             self._log.append(f"learned: cc{cc} turns {knob}")
         beat = self._beat
-        cycle = beat % 16
+        base = beat // 16 * 16
+        cycle = beat - base
         state = (State.LISTENING if cycle < 8 else State.THINKING if cycle < 8.5
                  else State.RESPONDING)
-        self.snap = replace(self.snap, beat=beat, state=state, notes=self._notes(beat))
+        # a two-bar call counted down to its line, then the answer's bars
+        countdown = ((base, base + 8.0) if state == State.LISTENING else
+                     (base + 4.5, base + 8.5) if state == State.THINKING else
+                     (base + 8.5, base + 16.0))
+        answer = None if state == State.LISTENING else (base + 8.5, base + 16.0)
+        self.snap = replace(self.snap, beat=beat, state=state, notes=self._notes(beat),
+                            countdown=countdown, answer_span=answer)
         return self.snap
 
     def send(self, intent: Intent) -> None:
@@ -106,6 +114,8 @@ class DemoSession:
             self.snap = replace(s, key=intent.key)
         elif isinstance(intent, TapTempo):
             self._tap()
+        elif isinstance(intent, SetClick):
+            self.snap = replace(s, click=intent.on)
         elif isinstance(intent, Learn):
             self.snap = replace(s, learning=intent.knob)
             self._learn_at = self.clock() + 1.0 if intent.knob else None
@@ -178,6 +188,10 @@ class DemoSession:
                 notes.append(NoteView("machine", _degree(step + 2), start, start + 0.5))
         out = []
         for n in notes:
+            if n.who == "machine" and n.start > beat:  # generated a beat ahead: planned
+                if n.start <= beat + 1:
+                    out.append(n)
+                continue
             if n.start > beat:
                 continue
             out.append(replace(n, end=None) if n.end is not None and n.end > beat else n)

@@ -246,3 +246,24 @@ def test_watcher_reports_a_lost_controller_and_reopens_it(jack_backend):
         watcher.stop()
         keys.close()
         inp.close()
+
+
+def test_opening_a_port_without_the_midi_system_gives_the_same_hint_as_improv_ports(
+        monkeypatch, capsys):
+    class NoSequencer(FakeBackend):
+        api = "LINUX_ALSA"
+
+        def open_output(self, name=None, virtual=False, client_name=None):
+            raise OSError("MidiOutAlsa::initialize: error creating ALSA sequencer client object.")
+
+        def get_input_names(self):
+            raise OSError("MidiInAlsa::initialize: error creating ALSA sequencer client object.")
+
+    monkeypatch.setattr(ports.sys, "platform", "linux")
+    with pytest.raises(PortError) as opened:
+        MidiOutput(None, backend=NoSequencer(), virtual=True)
+    monkeypatch.setattr(ports, "get_backend", lambda name=None: NoSequencer())
+    assert ports.main([], prog="improv ports") == 2
+    listed = capsys.readouterr().err
+    hint = "no ALSA sequencer (/dev/snd/seq): load snd-seq or try --backend jack"
+    assert hint in str(opened.value) and hint in listed and "\n" not in str(opened.value)

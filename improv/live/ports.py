@@ -44,9 +44,10 @@ CLIENT_NAME = "improv"
 VIRTUAL_IN = "improv in"
 VIRTUAL_OUT = "improv out"
 LOOPMIDI_HINT = (
-    "Windows has no virtual MIDI ports: install loopMIDI "
-    "(https://www.tobias-erichsen.de/software/loopmidi.html), create a port there "
-    "and open it by name"
+    "Windows has no virtual MIDI ports: create two ports in loopMIDI "
+    "(https://www.tobias-erichsen.de/software/loopmidi.html), e.g. 'improv in' and "
+    "'improv out', then run improv jam --in \"improv in\" --out \"improv out\" and point "
+    "your keyboard and DAW at the other ends"
 )
 
 
@@ -79,16 +80,22 @@ def get_backend(name: str | None = None) -> mido.Backend:
     return backend
 
 
-def _system_error(backend: mido.Backend, e: Exception) -> PortError:
+def _hint(backend: mido.Backend, text: str) -> str:
+    """What to do when the MIDI system itself cannot be reached: the same words in
+    'improv ports', 'improv jam' and wherever a port is opened."""
     api = getattr(backend, "api", None) or ""
-    text = str(e).strip().rstrip(".") or type(e).__name__
     if "JACK" in api or "Jack" in text:
-        hint = "start a JACK server (e.g. 'jackd -d alsa' or qjackctl) or pick another --backend"
-    elif "ALSA" in api or "Alsa" in text:
-        hint = "no ALSA sequencer (/dev/snd/seq): load snd-seq or try --backend jack"
-    else:
-        hint = "check the MIDI system or pick another --backend"
-    return PortError(f"cannot reach the MIDI system ({text}); {hint}")
+        return "start a JACK server (e.g. 'jackd -d alsa' or qjackctl) or pick another --backend"
+    if "ALSA" in api or "Alsa" in text:
+        return "no ALSA sequencer (/dev/snd/seq): load snd-seq or try --backend jack"
+    if sys.platform == "win32" or "WINDOWS_MM" in api:
+        return LOOPMIDI_HINT
+    return "check the MIDI system or pick another --backend"
+
+
+def _system_error(backend: mido.Backend, e: Exception) -> PortError:
+    text = str(e).strip().rstrip(".") or type(e).__name__
+    return PortError(f"cannot reach the MIDI system ({text}); {_hint(backend, text)}")
 
 
 def input_names(backend: mido.Backend | None = None) -> list[str]:
@@ -176,10 +183,12 @@ class _Port:
             port = self._open(args)
         except Exception as e:
             what = "create virtual" if self.virtual else "open"
-            raise PortError(
-                f"cannot {what} MIDI {self.kind} '{args['name']}' ({e}); "
-                "is the MIDI system running and the port free?"
-            ) from None
+            text = str(e).strip().rstrip(".")
+            unreachable = any(w in text for w in ("initialize", "client", "server"))
+            hint = (_hint(self.backend, text) if unreachable
+                    else "is the MIDI system running and the port free?")
+            raise PortError(f"cannot {what} MIDI {self.kind} '{args['name']}' ({text}); "
+                            f"{hint}") from None
         with self._lock:
             self._port = port
         self.name = port.name

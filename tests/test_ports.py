@@ -129,7 +129,7 @@ def test_output_sends_as_given_and_counts_what_a_gone_port_loses():
 
 
 def test_open_without_a_name_and_windows_virtual_ports(monkeypatch):
-    with pytest.raises(PortError, match="--input NAME"):
+    with pytest.raises(PortError, match="pick one with --in NAME"):
         MidiInput(None, backend=FakeBackend())
     with pytest.raises(PortError, match="must contain 'improv out'"):
         MidiOutput("my synth", backend=FakeBackend(), virtual=True)

@@ -175,7 +175,8 @@ class _Port:
             args = dict(name=name, virtual=True, client_name=CLIENT_NAME)
         elif not self.query:
             raise PortError(
-                f"no MIDI {self.kind} given; pick one with --{self.kind} NAME (see 'improv ports')"
+                f"no MIDI {self.kind} given; pick one with "
+                f"--{'in' if self.kind == 'input' else 'out'} NAME (see 'improv ports')"
             )
         else:
             args = dict(name=match_port(self.query, self.available(), self.kind))

@@ -128,3 +128,30 @@ def test_the_click_turns_on_and_off_live_and_stays_off_the_recording(tiny_model_
     assert times and times[0] >= 0.5 and times[-1] <= 2.5 + LEAD_BEATS * beat_s + 1e-9
     assert len(times) >= 3  # two seconds at 120 BPM: four beats, less what was queued
     assert not sched.sounding(CLICK) and not recorded, "the click is not the machine's music"
+
+
+def test_a_masters_start_during_the_count_in_starts_it_again(tiny_model_dir, library):
+    from improv.live.clock import MidiClockFollower
+
+    s, sim, clock, sched = session(tiny_model_dir, library, count_in=2)
+    s.follower = MidiClockFollower(clock)
+    s.tick_once(0)
+    assert s.click.counting()
+    spp = 60.0 / 100.0 / 24  # the DAW plays 100 BPM from its Start, a second in
+    t0 = sim.t + 1.0
+    events = [(t0 - sim.t, mido.Message("start"))]
+    events += [(t0 + i * spp - sim.t, mido.Message("clock")) for i in range(24 * 16)]
+    run(s, sim, sched, Script(events, stop_at=1.0 + 13 * 0.6))  # past its line (12 beats)
+    bar = clock.bar_ticks
+    # counted in again from the master's next bar line (its first is already under way)
+    assert (s.click.count_from, s.click.listen_at) == (bar, 3 * bar)
+    since = [x for x in clicks(sched) if x.t >= t0]
+    beats = [t0 + i * 24 * spp for i in range(16)]
+    assert since[0].msg.note == DOWNBEAT_NOTE
+    assert min(abs(since[0].t - b) for b in beats) < 0.002
+    assert len(since) == 8, "two bars, then the click is off"
+    # once over, a jump back does not count in again
+    assert s.click.over and not s.click.counting()
+    clock.set_position(0)
+    s.tick_once(0)
+    assert not s.click.counting() and s.click.listen_at == 3 * bar

@@ -11,10 +11,12 @@ the next beat line after the jump is the next click.
 
 The count-in (``count_in`` bars, read from the start preset) clicks from the first bar
 line after the session starts, whether ``click`` is on or not, and the set listens from
-the bar line after it. A note played during the count-in is heard (recorded, passed thru,
-drawn on the roll) but is no call: it does not reach the model nor start a call, and its
-release is dropped with it. A note a hair before the listening line (``LINE_SLACK``)
-belongs to the line, as a first note does anywhere else.
+the bar line after it. A clock that jumps during the count-in (a followed master's Start)
+starts it again from its next bar line; once over, it is over, whatever the clock does. A
+note played during the count-in is heard (recorded, passed thru, drawn on the roll) but is
+no call: it does not reach the model nor start a call, and its release is dropped with it.
+A note a hair before the listening line (``LINE_SLACK``) belongs to the line, as a first
+note does anywhere else.
 
 ``click`` on (a preset field, ``--set click=true``, the stage's ``c`` key) keeps clicking
 after the count-in, for the whole set; it survives preset switches (the set's, not the
@@ -46,6 +48,7 @@ class Click:
         self.next: int | None = None  # clock tick of the next beat not scheduled yet
         self.count_from: int | None = None  # clock tick the count-in starts on
         self.listen_at: int | None = None  # clock tick the set listens from (after it)
+        self.over = False  # the count-in is over (or there was none)
         self.sent = 0  # clicks scheduled (note-ons)
         self._started = False
 
@@ -55,19 +58,23 @@ class Click:
         """At the set's start: a count-in of the preset's ``count_in`` bars, if any."""
         s = self.session
         self._started = True
-        bars = int(s.preset.count_in)
-        if not bars:
+        if not s.preset.count_in:
+            self.over = True
             return
         clock = s.clock
-        self.count_from = clock.next_bar(clock.now_tick() + LEAD_BEATS * clock.beat_ticks)
-        self.listen_at = self.count_from + bars * clock.bar_ticks
-        self.next = self.count_from
+        self._count_in(clock.next_bar(clock.now_tick() + LEAD_BEATS * clock.beat_ticks))
+
+    def _count_in(self, first: int) -> None:
+        s, bars = self.session, int(self.session.preset.count_in)
+        clock = s.clock
+        self.count_from, self.next = first, first
+        self.listen_at = first + bars * clock.bar_ticks
         s.say(f"count-in: {bars} bar(s), listening from bar "
               f"{(self.listen_at - clock.bar_origin) // clock.bar_ticks + 1}")
 
     def counting(self, tick: float | None = None) -> bool:
         """Whether the count-in runs at clock tick ``tick`` (default: now)."""
-        if self.listen_at is None:
+        if self.over or self.listen_at is None:
             return False
         return (self.session.clock.now_tick() if tick is None else tick) < self.listen_at
 
@@ -75,8 +82,7 @@ class Click:
         """Whether the player's note at stream tick ``at`` falls in the count-in: heard, no
         call (its release is dropped with it, see ``Session.hear``)."""
         s = self.session
-        if velocity <= 0 or self.listen_at is None \
-                or s.clock_tick(at) >= self.listen_at - LINE_SLACK:
+        if velocity <= 0 or not self.counting(s.clock_tick(at) + LINE_SLACK):
             return False
         s._closed.add(pitch)
         return True
@@ -95,6 +101,8 @@ class Click:
         s = self.session
         clock = s.clock
         now = clock.now_tick()
+        if not self.over and self.listen_at is not None and now >= self.listen_at:
+            self.over = True
         if not self.on:
             if self.next is not None:
                 self.next = None
@@ -104,7 +112,10 @@ class Click:
         if self.next is None or self.next < now - beat or self.next > horizon + clock.bar_ticks:
             if self.next is not None:  # the clock jumped: its queued clicks are in the wrong place
                 s.scheduler.cancel(CLICK)
-            self.next = clock.next_beat(now)
+            if self.counting():  # the count-in starts again from the next bar line
+                self._count_in(clock.next_bar(now))
+            else:
+                self.next = clock.next_beat(now)
         while self.next <= horizon:
             if not s.preset.click and not self.counting(self.next):
                 break  # the count-in is over and the click is off: no click on the line

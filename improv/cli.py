@@ -31,7 +31,12 @@ def usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: improv COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run 'improv COMMAND --help' for a command's options."]
+    lines += ["", "Run 'improv COMMAND --help' for a command's options and examples;",
+              "'improv --version' for the version.", "", "examples:",
+              "  improv demo                     # hear the whole loop, no MIDI hardware",
+              "  improv ports                    # which MIDI inputs and outputs there are",
+              "  improv jam --in Keystation --out FluidSynth",
+              "  improv jam --virtual --backend jack --preset celtic-reel"]
     return "\n".join(lines)
 
 
@@ -39,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from improv import __version__
+
+        print(f"improv {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

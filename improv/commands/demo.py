@@ -9,6 +9,7 @@ stage. The answer is printed as a small text piano roll and written to a .mid
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 import time
@@ -129,7 +130,12 @@ def machine_notes(sent, clock) -> list[tuple[str, int, float, float]]:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     me = prog or "improv demo"
-    ap = OneLineParser(prog=me, description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(
+        prog=me, description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  improv demo                # the built-in call; both parts to improv-demo.mid\n"
+               "  improv demo --call my-phrase.mid --preset 2 --out answer.mid")
     ap.add_argument("--call", type=Path, default=None, help="a .mid to play as the call")
     ap.add_argument("--out", type=Path, default=Path("improv-demo.mid"),
                     help="where to write the call and the answer (default improv-demo.mid)")

@@ -48,7 +48,15 @@ KNOB_FLAGS = (*(n for n in knobs.LIVE if n != "bpm"), "count_in")
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
-    ap = OneLineParser(prog=prog or "improv jam", description=DESCRIPTION)
+    ap = OneLineParser(
+        prog=prog or "improv jam", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  improv jam --in Keystation --out FluidSynth    # your keyboard, your synth\n"
+               "  improv jam --virtual --backend jack            # ports for a DAW to connect\n"
+               "  improv jam --preset celtic-reel --bpm 112 --set call_bars=2   # trading 2 bars\n"
+               "  improv jam --clock midi --in 'DAW out' --out 'DAW in'   # follow the DAW\n"
+               "  improv jam --no-tui --seconds 600 --record set.mid")
     ap.add_argument("--in", dest="inp", default=None, help="input port (name or part of it)")
     ap.add_argument("--out", default=None, help="output port (name or part of it)")
     ap.add_argument("--virtual", action="store_true",

@@ -304,21 +304,29 @@ def format_table(results: dict, min_improvement: float = 0.25,
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="A model against the n-gram baseline.")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="A model against the n-gram baseline.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  improv eval --model models/mine\n"
+               "  improv eval --conversation --model models/mine --bar")
     ap.add_argument("--model", required=True, type=Path, help="model directory (models/NAME)")
     ap.add_argument("--corpus", type=Path, default=None, help="corpus folder")
     ap.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
     ap.add_argument("--max-pieces", type=int, default=None, help="score N random val pieces")
     ap.add_argument("--json", type=Path, default=None, help="write all numbers here")
     ap.add_argument("--prompts", type=int, default=25, help="held-out prompts to continue")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seeds the sampled continuations")
     ap.add_argument("--gen-tokens", type=int, default=256, help="continuation length in tokens")
     ap.add_argument("--prompt-bars", type=int, default=8, help="prompt = the first N bars")
     ap.add_argument("--prompt-tokens", type=int, default=None, help="prompt = the first N tokens")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="sampling temperature of the continuations")
+    ap.add_argument("--top-p", type=float, default=0.95,
+                    help="nucleus sampling mass of the continuations")
+    ap.add_argument("--batch-size", type=int, default=16, help="pieces per forward pass")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="torch device (default: cuda when available)")
     ap.add_argument("--min-improvement", type=float, default=0.25, help="perplexity gate")
     ap.add_argument("--min-tokens", type=int, default=MIN_GATE_TOKENS,
                     help="styles with fewer val tokens are not gated")

@@ -397,7 +397,11 @@ def measure_step_latency(
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="Export a trained model to ONNX.")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Export a trained model to ONNX.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  improv export models/mine")
     ap.add_argument(
         "--model", required=True, help="model directory (config.json, model.safetensors)"
     )

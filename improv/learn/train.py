@@ -48,7 +48,14 @@ class TrainError(ValueError):
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d = ModelConfig()
-    ap = argparse.ArgumentParser(prog=prog, description="Train or fine-tune a model.")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Train or fine-tune a model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  improv train --out models/mine           # on the corpus improv data built\n"
+               "  improv train --out models/mine --resume  # on from the last checkpoint\n"
+               "  improv train --from models/improv-base --data ~/my-sets --style mine \\\n"
+               "      --out models/mine")
     ap.add_argument(
         "--data",
         type=Path,
@@ -91,11 +98,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="warm-up steps (500, 50 with --from; at most a tenth of --steps)",
     )
-    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--weight-decay", type=float, default=0.1,
+                    help="AdamW weight decay (default 0.1)")
     ap.add_argument("--eval-every", type=int, default=250, help="validate (and checkpoint) every N")
     ap.add_argument("--eval-batches", type=int, default=16, help="fixed validation batches")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seeds the weights, batches and dropout (default 0)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where torch trains (auto: CUDA when it works, else CPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     ap.add_argument(
         "--bf16",
@@ -122,12 +132,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = ap.add_argument_group("model size (new models only)")
-    g.add_argument("--n-layer", type=int, default=d.n_layer)
-    g.add_argument("--n-head", type=int, default=d.n_head)
-    g.add_argument("--d-model", type=int, default=d.d_model)
+    g.add_argument("--n-layer", type=int, default=d.n_layer, help="transformer blocks")
+    g.add_argument("--n-head", type=int, default=d.n_head, help="attention heads per block")
+    g.add_argument("--d-model", type=int, default=d.d_model, help="embedding width")
     g.add_argument("--d-ff", type=int, default=0, help="MLP width (0: 4 x d-model)")
-    g.add_argument("--context", type=int, default=d.context)
-    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--context", type=int, default=d.context,
+                   help="tokens the model sees (its KV cache at play time)")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout while training")
     return ap
 
 

@@ -418,7 +418,12 @@ class PortWatcher:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="List MIDI inputs and outputs.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="List MIDI inputs and outputs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  improv ports\n"
+               "  improv ports --backend jack")
     parser.add_argument(
         "--backend",
         choices=sorted(BACKENDS),

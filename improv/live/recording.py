@@ -360,8 +360,11 @@ def recover(partial_path: str | os.PathLike, out_path: str | os.PathLike | None 
 
 def recover_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog=prog, description="Turn a partial session recording (NAME.mid.partial) into a .mid."
-    )
+        prog=prog, description="Turn a partial session recording (NAME.mid.partial) into a .mid.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  improv recover ~/Music/improv-sessions/2026-12-03_2100.mid.partial\n"
+               "  improv recover set.mid.partial -o rescued.mid")
     ap.add_argument("file", type=Path, help="the .partial journal left by a session")
     ap.add_argument("-o", "--output", type=Path, help="where to write the .mid")
     args = ap.parse_args(argv)

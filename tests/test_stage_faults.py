@@ -127,6 +127,8 @@ def test_a_feedback_loop_is_recognised_no_storm_no_self_interruption(
         assert per_s < 60, f"{len(heard)} messages: a storm"
         assert jam.count("call ended") == 1, jam.text  # its own echo never became a call
         assert jam.count("feedback loop") == 1
+        # said once, labelled with the beat (not a second, unlabelled copy from the logger)
+        assert sum("feedback loop" in x for x in jam.lines) == 1, jam.text
         assert note_ons(ear), f"no answer:\n{jam.text}"
     finally:
         for p in (keys, ear):

@@ -140,6 +140,9 @@ def log_to_stderr(level: int = logging.INFO) -> None:
             root.removeHandler(h)
     root.addHandler(PrinterHandler(printer(2)))
     root.setLevel(level)
+    # The session's own lines (call ended, preset, ports...) reach the player once, labelled
+    # with the beat: on the headless printer or in the UI's log, not a second time here.
+    logging.getLogger("improv.live.session").setLevel(logging.WARNING)
 
 
 class Signals:

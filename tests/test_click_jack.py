@@ -68,7 +68,6 @@ def test_two_bars_of_count_in_clicks_then_a_call_is_answered(jack_backend, tiny_
     gaps = [b - a for a, b in zip(times[:8], times[1:9], strict=True)]
     assert all(abs(g - beat_s) < 0.01 for g in gaps), gaps
     line = times[8]
-    assert "count-in: 2 bar(s)" in jam.text
     # nothing of the machine's before the line: the count-in's note was no call
     assert answers and answers[0] > line, (answers[:1], line)
     assert jam.count("call ended") >= 1

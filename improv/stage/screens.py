@@ -47,7 +47,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):
             yield Static(id="help-keys")
-            yield Static("upper case turns a knob up, lower case down\nesc close",
+            yield Static("upper case turns a knob up, lower case down · esc closes",
                          id="help-hint")
 
     def on_mount(self) -> None:

@@ -249,7 +249,8 @@ class PianoRoll(Widget):
         self._built_for: object = None
 
     def view_key(self, s: Snapshot) -> object:
-        return (math.floor(s.beat * cols_per_beat(self.content_size.width)), s.notes, s.meter)
+        return (math.floor(s.beat * cols_per_beat(self.content_size.width)), s.notes, s.meter,
+                s.answer_span)
 
     def watch_snapshot(self, old: Snapshot, new: Snapshot) -> None:
         if self.view_key(old) != self.view_key(new):

@@ -191,3 +191,33 @@ async def test_the_key_bar_shows_every_shown_binding():
         for b in ImprovApp.BINDINGS:
             if b.show:
                 assert f"{b.key_display or b.key} {b.description}" in bar
+
+
+def test_a_barge_in_takes_the_planned_notes_off_the_roll(tiny_model_dir, library):
+    engine = Engine(tiny_model_dir, provider="cpu", background=False)
+    p = apply_overrides(library.by_number(1), humanize_ms=0.0, swing=0.0, call_bars=1,
+                        response_bars=4, mode="call_response")
+    s, sim, clock, sched = sim_session(engine, library, p, 120.0)
+    origin = clock.next_bar(clock.now_tick() + 1)
+    t_bar = clock.tick_to_time(origin) - sim.t
+    events = [(t_bar + i * 0.25, mido.Message("note_on" if i % 2 == 0 else "note_off",
+                                              note=60 + i, velocity=80)) for i in range(6)]
+    run(s, sim, sched, Script(events, stop_at=t_bar + 2.0 + 1.3))  # into the answer
+    assert s.state == State.RESPONDING
+    bt, now = clock.beat_ticks, s.now_tick()
+    # what the answering loop does with each note it generates, a beat ahead: the tiny random
+    # model may generate none just here, so two are placed as it would place them
+    s.out.note("machine", 70, 80, now - bt / 2)  # sounding
+    s.out.note("machine", 74, 80, now + bt / 2)  # planned
+    s.publish(force=True)
+    assert any(n.pitch == 74 and n.start > s.snapshot().beat for n in s.snapshot().notes)
+    s.submit(mido.Message("note_on", note=72, velocity=90))  # the player comes in
+    s.tick_once(0)
+    s.publish(force=True)
+    cut = s.now_tick() / bt
+    machine = [n for n in s.snapshot().notes if n.who == "machine"]
+    assert machine and all(n.start <= cut and n.end is not None and n.end <= cut
+                           for n in machine), (cut, machine[-3:])
+    assert 74 not in {n.pitch for n in machine} and 70 in {n.pitch for n in machine}
+    span = s.snapshot().answer_span
+    assert span is None or span[1] <= cut

@@ -296,3 +296,12 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys):
         ]
     )
     assert rc == 2
+
+
+def test_a_fine_tune_makes_a_few_passes_over_the_players_data_not_a_thousand_steps():
+    from improv.learn.train import default_steps
+
+    assert default_steps(False, 10**8, 8192) == 20000
+    assert default_steps(True, 1600, 16 * 512) == 40  # ten short files: a few minutes
+    assert default_steps(True, 10**6, 16 * 512) == 8 * 123
+    assert default_steps(True, 10**8, 16 * 512) == 1000

@@ -28,17 +28,15 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from improv.core import paths
 from improv.core import tokens as tk
 from improv.learn import data, dataset
+from improv.learn.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from improv.learn.model import GPT, ModelConfig, ModelError, default_styles, load_model, save_model
 
 
@@ -78,7 +76,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="style name for the .mid files in --data (a new name takes a user slot)",
     )
     ap.add_argument(
-        "--steps", type=int, default=None, help="optimizer steps (20000; 1000 with --from)"
+        "--steps", type=int, default=None,
+        help="optimizer steps (20000; with --from: 8 passes over your data, 40..1000)"
     )
     ap.add_argument("--batch", type=int, default=16, help="sequences per step")
     ap.add_argument(
@@ -229,64 +228,6 @@ def make_optimizer(model: GPT, lr: float, weight_decay: float, device: str) -> t
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device == "cuda")
 
 
-# --- checkpoints -------------------------------------------------------------------------
-
-
-@dataclass
-class RunState:
-    step: int = 0
-    best_val: float = float("inf")
-    best_step: int = 0
-    tokens_seen: int = 0
-
-
-def save_checkpoint(
-    ckpt: Path,
-    model: GPT,
-    opt,
-    state: RunState,
-    rng: np.random.Generator,
-    args_dict: dict,
-    styles: dict[str, int],
-) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(ckpt / "model.safetensors.tmp"), metadata={"step": str(state.step)})
-    extra = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": state.step}
-    if torch.cuda.is_available():
-        extra["cuda_rng"] = torch.cuda.get_rng_state_all()
-    torch.save(extra, ckpt / "optim.pt.tmp")
-    meta = {
-        **state.__dict__,
-        "config": model.cfg.to_dict(),
-        "styles": styles,
-        "args": args_dict,
-        "numpy_rng": rng.bit_generator.state,
-    }
-    (ckpt / "state.json.tmp").write_text(json.dumps(meta, indent=1))
-    # state.json last: a checkpoint counts only once all three files are in place.
-    for name in ("model.safetensors", "optim.pt", "state.json"):
-        os.replace(ckpt / f"{name}.tmp", ckpt / name)
-
-
-def load_checkpoint(ckpt: Path, device: str) -> tuple[dict, dict, dict]:
-    """(state.json, weights, optim.pt contents) of a checkpoint folder."""
-    try:
-        meta = json.loads((ckpt / "state.json").read_text())
-        with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
-            weights_step = int((f.metadata() or {}).get("step", -1))
-        weights = load_file(str(ckpt / "model.safetensors"), device=device)
-        extra = torch.load(ckpt / "optim.pt", map_location=device, weights_only=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise TrainError(f"the checkpoint in {ckpt} cannot be read ({e}); delete it") from e
-    if not meta["step"] == weights_step == extra.get("step"):
-        raise TrainError(
-            f"the checkpoint in {ckpt} is inconsistent (interrupted while saving); delete it "
-            "and start again, or keep the best model already in --out"
-        )
-    return meta, weights, extra
-
-
 # --- the loop ----------------------------------------------------------------------------
 
 
@@ -370,10 +311,7 @@ def train(args) -> RunState:
         )
         styles = default_styles()
     finetune = args.from_ is not None
-    args.steps = args.steps or (1000 if finetune else 20000)
     args.lr = args.lr or (3e-4 if finetune else 1e-3)
-    if args.warmup is None:  # a short run still gets a short warm-up, then mostly decay
-        args.warmup = min(50 if finetune else 500, max(1, args.steps // 10))
     if resuming:
         meta, weights, extra = load_checkpoint(ckpt, device)
         cfg, styles = ModelConfig.from_dict(meta["config"]), meta["styles"]
@@ -399,6 +337,10 @@ def train(args) -> RunState:
     seq_len = args.seq_len or cfg.context
     if not 2 <= seq_len <= cfg.context:
         raise TrainError(f"--seq-len {seq_len} must be within 2..{cfg.context} (the context)")
+    args.steps = args.steps or default_steps(finetune, len(train_split.tokens),
+                                             args.batch * seq_len)
+    if args.warmup is None:  # a short run still gets a short warm-up, then mostly decay
+        args.warmup = min(50 if finetune else 500, max(1, args.steps // 10))
     n_params = model.num_params()
     print(
         f"model: {n_params / 1e6:.2f}M parameters {cfg.to_dict()}; device {device}; "
@@ -506,6 +448,16 @@ def _model_styles(model_dir: Path) -> dict[str, int]:
     return load_styles(model_dir)
 
 
+def default_steps(finetune: bool, train_tokens: int, batch_tokens: int) -> int:
+    """20,000 steps from scratch; a fine-tune makes 8 passes over the player's own data,
+    40..1,000 steps (10 short files: 40 steps, a few minutes on a CPU: more passes over so
+    little only learns it by heart)."""
+    if not finetune:
+        return 20000
+    passes = 8 * max(1, -(-train_tokens // max(1, batch_tokens)))
+    return min(1000, max(40, passes))
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
@@ -514,7 +466,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.style and not args.data:
             raise TrainError("--style names the .mid files of --data: pass --data FOLDER too")
         train(args)
-    except (TrainError, ModelError, dataset.DataError) as e:
+    except (TrainError, CheckpointError, ModelError, dataset.DataError) as e:
         print(f"{prog or 'improv train'}: {e}", file=sys.stderr)
         return 2
     return 0

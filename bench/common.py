@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from improv.core import paths
+from improv.core.cli_help import with_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "bench"
@@ -244,10 +245,9 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog or "improv bench",
         description="Run the latency benchmarks: a results table, plots and a peer comparison.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv bench --quick --no-peer            # a minute, no peer comparison\n"
-               "  improv bench --only isolation,clock_follow --no-peer --no-plots")
+        **with_examples(
+            "improv bench --quick --no-peer            # a minute, no peer comparison",
+            "improv bench --only isolation,clock_follow --no-peer --no-plots"))
     ap.add_argument("--quick", action="store_true", help="short runs (under a minute)")
     ap.add_argument("--model", help="model directory (default: shipped model, else random)")
     ap.add_argument("--out", default=str(BENCH_DIR / "results"), help="results folder")

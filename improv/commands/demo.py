@@ -9,7 +9,6 @@ stage. The answer is printed as a small text piano roll and written to a .mid
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from improv.commands.checks import OneLineParser, check_record_path, fail, parse
 from improv.commands.jam import JamError, build_rig
 from improv.commands.jam_args import add_rig_arguments
 from improv.core import tokens as tk
+from improv.core.cli_help import with_examples
 from improv.core.grid import Meter
 from improv.live.session_api import State
 
@@ -132,10 +132,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     me = prog or "improv demo"
     ap = OneLineParser(
         prog=me, description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv demo                # the built-in call; both parts to improv-demo.mid\n"
-               "  improv demo --call my-phrase.mid --preset 2 --out answer.mid")
+        **with_examples(
+            "improv demo                # the built-in call; both parts to improv-demo.mid",
+            "improv demo --call my-phrase.mid --preset 2 --out answer.mid"))
     ap.add_argument("--call", type=Path, default=None, help="a .mid to play as the call")
     ap.add_argument("--out", type=Path, default=Path("improv-demo.mid"),
                     help="where to write the call and the answer (default improv-demo.mid)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from improv.commands.checks import OneLineParser, bpm_arg, channel_arg, meter_arg, number_arg
 from improv.core import knobs
+from improv.core.cli_help import with_examples
 
 DESCRIPTION = ("`improv jam`: play live. Builds the rig (ports, clock, scheduler, engine, "
                "session, recording), runs the stage UI or a plain headless printer, and takes it "
@@ -50,13 +51,12 @@ KNOB_FLAGS = (*(n for n in knobs.LIVE if n != "bpm"), "count_in")
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = OneLineParser(
         prog=prog or "improv jam", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv jam --in Keystation --out FluidSynth    # your keyboard, your synth\n"
-               "  improv jam --virtual --backend jack            # ports for a DAW to connect\n"
-               "  improv jam --preset celtic-reel --bpm 112 --set call_bars=2   # trading 2 bars\n"
-               "  improv jam --clock midi --in 'DAW out' --out 'DAW in'   # follow the DAW\n"
-               "  improv jam --no-tui --seconds 600 --record set.mid")
+        **with_examples(
+            "improv jam --in Keystation --out FluidSynth    # your keyboard, your synth",
+            "improv jam --virtual --backend jack            # ports for a DAW to connect",
+            "improv jam --preset celtic-reel --bpm 112 --set call_bars=2   # trading 2 bars",
+            "improv jam --clock midi --in 'DAW out' --out 'DAW in'   # follow the DAW",
+            "improv jam --no-tui --seconds 600 --record set.mid"))
     ap.add_argument("--in", dest="inp", default=None, help="input port (name or part of it)")
     ap.add_argument("--out", default=None, help="output port (name or part of it)")
     ap.add_argument("--virtual", action="store_true",

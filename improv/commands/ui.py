@@ -13,16 +13,16 @@ import os
 import sys
 from collections.abc import Callable
 
+from improv.core.cli_help import with_examples
 from improv.live.api_server import Address, find_jam, runtime_dir
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog or "improv ui", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv ui                     # the stage of the jam running on this machine\n"
-               "  ssh stage-pc -t improv ui     # from another computer")
+        **with_examples(
+            "improv ui                     # the stage of the jam running on this machine",
+            "ssh stage-pc -t improv ui     # from another computer"))
     ap.add_argument("--socket", default=None, metavar="PATH",
                     help="the jam's API socket (default: the newest running jam's)")
     ap.add_argument("--backend", choices=("alsa", "jack", "coremidi", "winmm"), default=None,

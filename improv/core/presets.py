@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from improv.core import knobs, paths
+from improv.core.cli_help import with_examples
 from improv.core.keys import parse_key, pitch_classes
 from improv.core.knobs import CORPUS_STYLES  # noqa: F401  (re-exported: presets.CORPUS_STYLES)
 
@@ -396,11 +397,10 @@ def _read(path: Path) -> str:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog=prog, description="List style presets and check them.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv presets                 # the presets, numbered as keys 1-9 pick them\n"
-               "  improv presets --check         # every preset file checked as a set would\n"
-               "  improv presets --keys          # every field with its range, as TOML")
+        **with_examples(
+            "improv presets                 # the presets, numbered as keys 1-9 pick them",
+            "improv presets --check         # every preset file checked as a set would",
+            "improv presets --keys          # every field with its range, as TOML"))
     ap.add_argument("--show", metavar="NAME|NUMBER", help="print one preset in full, as TOML")
     ap.add_argument("--check", nargs="+", metavar="FILE", help="validate these preset files")
     ap.add_argument("--keys", action="store_true", help="print every key with its default, as TOML")

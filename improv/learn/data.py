@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from improv.core import tokens as tk
+from improv.core.cli_help import with_examples
 from improv.learn.dataset import (
     DataError,
     atomic_write,
@@ -436,12 +437,11 @@ def _user_slots(out: Path, style_name: str | None) -> dict[str, int]:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog=prog, description="Build the token corpus.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv data                                   # music21's corpus (cached)\n"
-               "  improv data --styles bach,folk --limit 20     # a quick, small corpus\n"
-               "  improv data --midi ~/my-sets --style mine --out ~/.cache/improv/mine\n"
-               "  improv data --midi ~/my-sets --style mine --with-corpus  # both")
+        **with_examples(
+            "improv data                                   # music21's corpus (cached)",
+            "improv data --styles bach,folk --limit 20     # a quick, small corpus",
+            "improv data --midi ~/my-sets --style mine --out ~/.cache/improv/mine",
+            "improv data --midi ~/my-sets --style mine --with-corpus  # both"))
     ap.add_argument("--out", type=Path, default=None,
                     help=f"corpus folder (default: {default_corpus_dir()})")
     ap.add_argument("--styles", default="", help="comma-separated corpus styles to include")

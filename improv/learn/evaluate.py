@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from improv.core import tokens as tk
+from improv.core.cli_help import with_examples
 from improv.learn.baseline import BaselineError, NGramModel
 from improv.learn.dataset import DataError, Split, default_corpus_dir, load_split, style_names
 from improv.learn.eval_conversation import add_arguments as add_conversation_arguments
@@ -306,10 +307,9 @@ def format_table(results: dict, min_improvement: float = 0.25,
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog=prog, description="A model against the n-gram baseline.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv eval --model models/mine\n"
-               "  improv eval --conversation --model models/mine --bar")
+        **with_examples(
+            "improv eval --model models/mine",
+            "improv eval --conversation --model models/mine --bar"))
     ap.add_argument("--model", required=True, type=Path, help="model directory (models/NAME)")
     ap.add_argument("--corpus", type=Path, default=None, help="corpus folder")
     ap.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")

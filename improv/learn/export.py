@@ -47,6 +47,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from improv.core.cli_help import with_examples
 from improv.learn.model import GPT, ModelError, load_model
 
 OPSET = 17
@@ -399,9 +400,8 @@ def measure_step_latency(
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog=prog, description="Export a trained model to ONNX.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv export models/mine")
+        **with_examples(
+            "improv export models/mine"))
     ap.add_argument(
         "--model", required=True, help="model directory (config.json, model.safetensors)"
     )

@@ -35,6 +35,7 @@ import torch
 
 from improv.core import paths
 from improv.core import tokens as tk
+from improv.core.cli_help import with_examples
 from improv.learn import data, dataset
 from improv.learn.checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint
 from improv.learn.model import GPT, ModelConfig, ModelError, default_styles, load_model, save_model
@@ -48,12 +49,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d = ModelConfig()
     ap = argparse.ArgumentParser(
         prog=prog, description="Train or fine-tune a model.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv train --out models/mine           # on the corpus improv data built\n"
-               "  improv train --out models/mine --resume  # on from the last checkpoint\n"
-               "  improv train --from models/improv-base --data ~/my-sets --style mine \\\n"
-               "      --out models/mine")
+        **with_examples(
+            "improv train --out models/mine           # on the corpus improv data built",
+            "improv train --out models/mine --resume  # on from the last checkpoint",
+            "improv train --from models/improv-base --data ~/my-sets --style mine \\",
+            "    --out models/mine"))
     ap.add_argument(
         "--data",
         type=Path,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 
 import mido
 
+from improv.core.cli_help import with_examples
 from improv.live.clock import now
 from improv.live.input_queue import InputQueue
 from improv.live.midi_in import PolledPort
@@ -420,10 +421,9 @@ class PortWatcher:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description="List MIDI inputs and outputs.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv ports\n"
-               "  improv ports --backend jack")
+        **with_examples(
+            "improv ports",
+            "improv ports --backend jack"))
     parser.add_argument(
         "--backend",
         choices=sorted(BACKENDS),

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import mido
 
+from improv.core.cli_help import with_examples
 from improv.core.grid import TICKS_PER_QUARTER
 
 FILE_TICKS_PER_BEAT = 480
@@ -361,10 +362,9 @@ def recover(partial_path: str | os.PathLike, out_path: str | os.PathLike | None 
 def recover_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog=prog, description="Turn a partial session recording (NAME.mid.partial) into a .mid.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  improv recover ~/Music/improv-sessions/2026-12-03_2100.mid.partial\n"
-               "  improv recover set.mid.partial -o rescued.mid")
+        **with_examples(
+            "improv recover ~/Music/improv-sessions/2026-12-03_2100.mid.partial",
+            "improv recover set.mid.partial -o rescued.mid"))
     ap.add_argument("file", type=Path, help="the .partial journal left by a session")
     ap.add_argument("-o", "--output", type=Path, help="where to write the .mid")
     args = ap.parse_args(argv)

@@ -155,3 +155,21 @@ def test_a_masters_start_during_the_count_in_starts_it_again(tiny_model_dir, lib
     clock.set_position(0)
     s.tick_once(0)
     assert not s.click.counting() and s.click.listen_at == 3 * bar
+
+
+def test_a_barge_in_and_a_preset_switch_leave_the_click_alone(tiny_model_dir, library):
+    from improv.live.session_api import SelectPreset
+
+    s, sim, clock, sched = session(tiny_model_dir, library, click=True, response_bars=4,
+                                   mode="call_response")
+    beat_s = 60.0 / clock.bpm
+    events = phrase(0.1, beat_s)  # a call; its answer comes on the next bar line
+    events += [(4.2, mido.Message("note_on", note=72, velocity=90)),  # into the answer
+               (4.4, mido.Message("note_off", note=72)), (5.0, SelectPreset(2, now=True))]
+    run(s, sim, sched, Script(events, stop_at=7.0))
+    assert s.responses
+    assert any(x.tag == RESPONSE for x in sched.log), "the answer never sounded"
+    times = [x.t for x in clicks(sched)]
+    gaps = {round(b - a, 6) for a, b in zip(times, times[1:], strict=False)}
+    assert gaps == {round(beat_s, 6)}, "a click went missing"
+    assert times[-1] - times[0] >= 6.0 and s.preset.click, "the switch kept the click on"

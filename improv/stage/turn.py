@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from rich.style import Style
 from rich.text import Text
 
 from improv.live.session_api import Snapshot, State
@@ -134,7 +135,8 @@ class BigState(SnapshotView):
         return Text("\n", no_wrap=True, overflow="ellipsis").join(
             [row, Text(f" {v.detail}", detail)])
 
-    def _big(self, v: TurnView, marks: list[bool], unit: int, box, done, detail) -> Text:
+    def _big(self, v: TurnView, marks: list[bool], unit: int, box: Style, done: Style,
+             detail: Style) -> Text:
         rows = [Text(" " + line, style="bold") for line in big_text(v.label)]
         for row in rows:
             row.append("    ")

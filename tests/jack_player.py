@@ -79,12 +79,12 @@ class Keys:
         self._rt.delete()
 
 
-def connect(tag: str, wait_go: bool = False):
+def connect(tag: str, go=None):
     """(what the jam plays, an output into the jam) once its ports appear; None after 20 s.
     One long-lived client per direction looks for the ports: a fresh client every 50 ms
     would churn the JACK graph while the jam's clients start. The ear opens at once (the
-    jam's clock Start comes on its next bar line); with ``wait_go`` the keyboard waits for
-    a line on stdin: the test says when the jam is listening."""
+    jam's clock Start comes on its next bar line); ``go()``, when given, is waited for
+    before the keyboard opens (the test says on stdin when the jam is listening)."""
     import rtmidi
 
     sources = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="e2e-lister")
@@ -101,8 +101,8 @@ def connect(tag: str, wait_go: bool = False):
         sources.delete()
         sinks.delete()
     ear = heard(f"improv out {tag}")
-    if wait_go:
-        sys.stdin.readline()
+    if go is not None:
+        go()
     keys = Keys(f"improv in {tag}")
     if not keys.probe():
         print("the player's own keyboard client never ran (JACK)", file=sys.stderr)
@@ -126,7 +126,7 @@ def _sounding(got) -> set[int]:
 
 
 def main(tag: str, jam_pid: int, out_path: str, how: str = "TERM") -> int:
-    ports = connect(tag, wait_go=True)
+    ports = connect(tag, go=sys.stdin.readline)
     if ports is None:
         return 2
     inp, out = ports

@@ -78,17 +78,20 @@ def test_killing_the_ui_mid_answer_costs_no_note_and_no_timing(jack_backend, tin
     proc = subprocess.Popen(cmd, stdin=term.slave, stdout=term.slave, stderr=term.slave, env=env,
                             start_new_session=True)
     os.close(term.slave)
-    player = None
+    # The player starts with the jam (its ear open for the jam's clock Start, on the jam's
+    # next bar line) and plays once told the UI's pid, after the UI's first frame.
+    player = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("ui_kill_player.py")), tag,
+         str(proc.pid), str(tmp_path / "heard.json")], env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ui = wait_for(lambda: [pid for pid, c in children(proc.pid) if " improv ui " in c]
                       or proc.poll() is not None, 40, "the jam's UI process")
         assert proc.poll() is None, term.text()
         ui_pid = ui[0]
         wait_for(lambda: "latency" in term.text(), 30, "the UI's first frame")
-        player = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("ui_kill_player.py")), tag,
-             str(proc.pid), str(ui_pid), str(tmp_path / "heard.json")], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        player.stdin.write(f"{ui_pid}\n")
+        player.stdin.flush()
         proc.wait(timeout=90)
         exited = time.monotonic()
         player_said, _ = player.communicate(timeout=30)

@@ -5,7 +5,10 @@ jam's UI process with SIGKILL ``KILL_AFTER`` seconds into the answer, lets the a
 until the jam has been quiet for a while, then stops the jam with SIGTERM and writes what it
 heard (arrival times on the shared monotonic clock) as JSON.
 
-    python tests/ui_kill_player.py TAG JAM_PID UI_PID OUT.json
+    python tests/ui_kill_player.py TAG JAM_PID OUT.json   (then the UI's pid on stdin)
+
+It starts with the jam, its ear open for the jam's clock Start; its keyboard opens and
+plays once the test writes the UI's pid on stdin (the UI has drawn its first frame).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ def notes(inp) -> list[tuple[float, list[int]]]:
     return [(t, b) for t, b in _bytes(inp) if b[0] & 0xE0 == 0x80]
 
 
-def main(tag: str, jam_pid: int, ui_pid: int, out_path: str) -> int:
-    ports = connect(tag)
+def main(tag: str, jam_pid: int, out_path: str) -> int:
+    ui: list[int] = []
+    ports = connect(tag, go=lambda: ui.append(int(sys.stdin.readline())))
     if ports is None:
         return 2
     inp, out = ports
+    ui_pid = ui[0]
     result: dict = {"killed": None}
     try:
         deadline = time.monotonic() + 10
@@ -70,4 +75,4 @@ def main(tag: str, jam_pid: int, ui_pid: int, out_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))

@@ -221,3 +221,25 @@ def test_a_barge_in_takes_the_planned_notes_off_the_roll(tiny_model_dir, library
     assert 74 not in {n.pitch for n in machine} and 70 in {n.pitch for n in machine}
     span = s.snapshot().answer_span
     assert span is None or span[1] <= cut
+
+
+@sync
+async def test_the_latency_panel_says_where_the_model_runs():
+    from improv.live.session_api import Latency
+
+    fake = FakeSession(Snapshot(latency=Latency(0.3, 0.9, 0.1, 900.0, provider="cpu")))
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: "900 tok/s on cpu" in on_screen(app))
+        fake.snap = replace(fake.snap, latency=Latency(0.1, 0.2, 0.1, 5000.0, provider="cuda"))
+        await until(pilot, lambda: "5000 tok/s on cuda" in on_screen(app))
+
+
+def test_a_session_publishes_its_engines_provider(tiny_model_dir):
+    from improv.live.publisher import Publisher
+
+    engine = Engine(tiny_model_dir, provider="cpu")
+    s, _, _, _ = sim_session(engine, None, None, 120.0)
+    assert isinstance(s.out, Publisher)
+    s.publish(force=True)
+    assert s.snapshot().latency.provider == "cpu"

@@ -84,7 +84,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--seq-len",
         type=int,
         default=0,
-        help="training sequence length, STYLE token included (0: the model's context); "
+        help="training sequence length, STYLE token included (0: the model's context, or the "
+        "longest piece when that is shorter); "
         "shorter is cheaper per token on CPU",
     )
     ap.add_argument(
@@ -334,7 +335,9 @@ def train(args) -> RunState:
         rng.bit_generator.state = meta["numpy_rng"]
         state = RunState(meta["step"], meta["best_val"], meta["best_step"], meta["tokens_seen"])
         print(f"resuming {ckpt} at step {state.step} (best val {state.best_val:.4f})")
-    seq_len = args.seq_len or cfg.context
+    # No longer than the longest piece: a short fine-tuning set padded to the whole context
+    # would spend most of each step on padding.
+    seq_len = args.seq_len or min(cfg.context, max(2, int(np.diff(train_split.starts).max())))
     if not 2 <= seq_len <= cfg.context:
         raise TrainError(f"--seq-len {seq_len} must be within 2..{cfg.context} (the context)")
     args.steps = args.steps or default_steps(finetune, len(train_split.tokens),

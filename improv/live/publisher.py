@@ -110,6 +110,7 @@ class Publisher:
                 ingest_p99_ms=_pct(session.ingest_ms, 99),
                 late=ss.late,
                 dropped=session.intake.dropped,  # lost by the input queue, or shed
+                provider=getattr(session.engine, "provider", None),
             ),
             notes=self.history.recent(),
             learning=getattr(learner, "armed", None),

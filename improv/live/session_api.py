@@ -94,6 +94,7 @@ class Latency:
     ingest_p99_ms: float | None = None
     late: int = 0
     dropped: int = 0
+    provider: str | None = None  # where the model runs: "cpu" or "cuda"
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,8 @@ class LatencyPanel(SnapshotView):
             Text.assemble(("decode ", dim), f"{_ms(lat.decode_median_ms)} med "
                           f"{_ms(lat.decode_p99_ms)} p99", (" ms", dim)),
             Text.assemble(("sched  ", dim), f"{_ms(lat.schedule_p99_ms)} p99", (" ms", dim)),
-            Text.assemble(("speed  ", dim), tps, (" tok/s", dim)),
+            Text.assemble(("speed  ", dim), tps, (" tok/s", dim),
+                          (f" on {lat.provider}", dim) if lat.provider else ""),
             Text.assemble(("late ", dim), (str(lat.late), bad if lat.late else None),
                           ("  dropped ", dim), (str(lat.dropped), bad if lat.dropped else None)),
         ])

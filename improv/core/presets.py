@@ -399,7 +399,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         prog=prog, description="List style presets and check them.",
         **with_examples(
             "improv presets                 # the presets, numbered as keys 1-9 pick them",
-            "improv presets --check         # every preset file checked as a set would",
+            "improv presets --check my.toml  # a preset file checked as a set would check it",
+            "improv presets --show 2        # one preset in full, as TOML",
             "improv presets --keys          # every field with its range, as TOML"))
     ap.add_argument("--show", metavar="NAME|NUMBER", help="print one preset in full, as TOML")
     ap.add_argument("--check", nargs="+", metavar="FILE", help="validate these preset files")

@@ -44,3 +44,17 @@ def test_every_command_has_examples_and_every_option_says_what_it_does(name, mon
     nothing = [a.option_strings for a in parser._actions  # "(default: None)" says nothing
                if "%(default)" in (a.help or "") and a.default is None]
     assert not nothing, f"improv {name}: help that would say '(default: None)': {nothing}"
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_example_in_a_commands_help_parses(name, monkeypatch):
+    import re
+    import shlex
+
+    parser = _parser_of(name, monkeypatch)
+    text = re.sub(r"\\\n\s*", " ", parser.epilog)  # continued lines joined
+    examples = [line.split("#")[0].strip() for line in text.splitlines()[1:]]
+    examples = [e for e in examples if e.startswith(f"improv {name}")]
+    assert examples, f"improv {name}: no example starts with 'improv {name}'"
+    for example in examples:
+        parser.parse_args(shlex.split(example)[2:])  # a bad one exits (SystemExit)

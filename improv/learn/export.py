@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog=prog, description="Export a trained model to ONNX.",
         **with_examples(
-            "improv export models/mine"))
+            "improv export --model models/mine"))
     ap.add_argument(
         "--model", required=True, help="model directory (config.json, model.safetensors)"
     )

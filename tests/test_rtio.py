@@ -243,3 +243,25 @@ def test_thru_follows_the_presets_channel(jack_backend):
         keys.close()
         io.stop()
         ear.close()
+
+
+def test_the_echo_guard_knows_its_own_messages_once_and_only_for_a_while():
+    from improv.live.echo import EchoGuard
+
+    sent = []
+
+    class Out:
+        def send(self, msg):
+            sent.append(msg)
+
+    guard = EchoGuard(Out(), window_s=0.05)
+    on = mido.Message("note_on", note=60, velocity=90)
+    guard.send(on)
+    assert sent == [on]
+    t = now()
+    assert not guard.is_echo(bytes(mido.Message("note_on", note=60, velocity=91).bytes()), t)
+    assert guard.is_echo(bytes(on.bytes()), t)  # ours, come back
+    assert not guard.is_echo(bytes(on.bytes()), t)  # one echo per message sent
+    guard.send(on)
+    assert not guard.is_echo(bytes(on.bytes()), t + 0.2)  # too late: the player's own
+    assert guard.echoes == 1 and not guard.looped

@@ -20,7 +20,7 @@ import mido
 
 from improv.live.clock import now
 
-WINDOW_S = 0.1  # a loop through a DAW and back takes a few periods: ms, not 100 ms
+WINDOW_S = 0.25  # a loop through a DAW (large buffers) and a busy JACK and back: well within
 LOOP_AFTER = 8  # echoes before the loop is reported (one could be a coincidence)
 
 

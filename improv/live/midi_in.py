@@ -9,11 +9,10 @@ graph. Without a callback, rtmidi's C++ side only queues the message, and
 
 Time: rtmidi stamps each message in the backend's thread, as the delta from the
 one before. The poll thread sums the deltas and maps that running sum onto
-:func:`improv.live.clock.now` by the smallest (poll time - sum) of the last second,
-so a message's time is the backend's, not the poll's (off by at most the quickest
-poll of that second, usually well under a millisecond). A window, not the smallest
-ever: the backend's clock (JACK's) and ours drift apart by up to a few hundred ppm,
-which a bound kept for a whole set turned into milliseconds of error.
+:func:`improv.live.clock.now` by the smallest (poll time - sum) seen so far, so a
+message's time is the backend's, not the poll's (off by at most the quickest poll,
+usually well under a millisecond), with a slow upward relaxation in case the two
+clocks drift.
 
 Never deaf: rtmidi parses a SysEx that is cut short (a cable pulled mid-dump) as
 one that never ends and swallows every message after it into it until an End of
@@ -32,7 +31,6 @@ import os
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 
 import mido
@@ -43,7 +41,7 @@ POLL_S = 0.001  # how often the poll thread looks at rtmidi's queue when it is e
 UNSTICK_S = 0.05  # a lone F7 this often: a cut-short SysEx deafens at most this long
 PROBE_S = 1.0  # a nonce this often during the set
 PROBE_WAIT_S = 0.5  # a nonce not heard within this makes the port deaf
-WINDOW_S = 1.0  # the offset is the tightest bound of the last second (the clocks may drift)
+DRIFT = 2e-5  # seconds per second the time offset may relax upward (clock drift)
 QUEUE_SIZE = 4096  # rtmidi's own queue, messages (a flood waits there, not in JACK)
 SONG_SELECT = 0xF3
 SYSEX = 0xF0
@@ -138,10 +136,9 @@ class PolledPort:
         self._heard = threading.Event()
         self._nonce: int | None = None
         self._misses = 0
+        self._offset: float | None = None
         self._sum = 0.0
-        # (poll time, poll time - sum) whose second items rise from the front: the front is
-        # the smallest bound of the window (a sliding minimum, O(1) a message in a flood).
-        self._bounds: deque[tuple[float, float]] = deque()
+        self._last_poll = now()
         self._quit = threading.Event()
         self._thread = threading.Thread(target=self._run, name="improv-midi-in", daemon=True)
         self._thread.start()
@@ -176,13 +173,9 @@ class PolledPort:
     def _stamp(self, delta: float, t_poll: float) -> float:
         self._sum += delta
         seen = t_poll - self._sum
-        bounds = self._bounds
-        while bounds and bounds[-1][1] >= seen:
-            bounds.pop()
-        bounds.append((t_poll, seen))
-        while bounds[0][0] < t_poll - WINDOW_S:
-            bounds.popleft()
-        return self._sum + bounds[0][1]
+        if self._offset is None or seen < self._offset:
+            self._offset = seen
+        return self._sum + self._offset
 
     def _run(self) -> None:
         rt = self._rt
@@ -191,6 +184,9 @@ class PolledPort:
         asked: float | None = None
         while not self._quit.is_set():
             t_poll = now()
+            if self._offset is not None:  # the two clocks may drift apart: let it rise
+                self._offset += (t_poll - self._last_poll) * DRIFT
+            self._last_poll = t_poll
             got = rt.get_message()
             while got is not None:
                 data, delta = got

@@ -5,6 +5,7 @@ session's bar grid in simulated time."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import mido
@@ -90,3 +91,15 @@ class Player:
         return [(self.clock.time_to_tick(x.t) - self.origin, x.msg.velocity)
                 for x in self.sched.log
                 if x.tag == RESPONSE and x.msg.type == "note_on" and x.msg.velocity > 0]
+
+
+def wait_for(pred, timeout: float, what: str, every: float = 0.05):
+    """``pred()``'s first truthy value within ``timeout`` s, asked every ``every`` s; else an
+    AssertionError naming ``what`` (the end-to-end tests' processes and lines)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

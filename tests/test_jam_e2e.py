@@ -17,18 +17,9 @@ from pathlib import Path
 
 import mido
 import pytest
+from helpers import wait_for
 
 BPM = 120.0
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def jam_command(tag: str, model_dir, *extra: str) -> list[str]:

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import helpers
 import mido
 import pytest
 
@@ -42,13 +43,7 @@ def jam_cmd(*extra: str) -> list[str]:
 
 
 def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return helpers.wait_for(pred, timeout, what, every=0.02)
 
 
 def children(pid: int) -> list[int]:

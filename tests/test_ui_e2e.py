@@ -19,21 +19,12 @@ from pathlib import Path
 
 import mido
 import pytest
+from helpers import wait_for
 
 from bench.terminal import Pty
 
 BPM = 120.0
 TICK_S = 60.0 / BPM / 24  # one MIDI clock pulse; every machine note sits on a tick
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def children(pid: int) -> list[tuple[int, str]]:

@@ -57,19 +57,20 @@ def jittered_pulses(t0: float, tick_s: float, n: int, jitter_s: float,
 
 
 def follow_run(model: Path, seconds: float, master: str = "jitter", jitter_ms: float = 1.0,
-               bpm: float = 120.0, log=print) -> dict:
-    """A jam following MIDI clock: our jittered master, or ``master="jack_midi_clock"``."""
-    return _retrying(lambda k: _follow_once(model, seconds, master, jitter_ms, bpm, log, k),
-                     "clock follow", log)
+               bpm: float = 120.0, log=print, extra: tuple[str, ...] = ()) -> dict:
+    """A jam following MIDI clock: our jittered master, or ``master="jack_midi_clock"``;
+    ``extra``: more ``improv jam`` arguments (``--clock-offset-ms``)."""
+    return _retrying(lambda k: _follow_once(model, seconds, master, jitter_ms, bpm, log, k,
+                                            extra), "clock follow", log)
 
 
 def _follow_once(model: Path, seconds: float, master: str, jitter_ms: float, bpm: float, log,
-                 k: int) -> dict:
+                 k: int, extra: tuple[str, ...] = ()) -> dict:
     backend = get_backend("jack")
     tick_s = 60.0 / bpm / PPQ
     tag = f"fol{os.getpid()}{master[0]}{k}"
-    run = _Run(_jam_cmd(model, tag, bpm, seconds + 60, DENSE, ["--clock", "midi"]), tag,
-               ui=False)
+    run = _Run(_jam_cmd(model, tag, bpm, seconds + 60, DENSE, ["--clock", "midi", *extra]),
+               tag, ui=False)
     stop = threading.Event()
     lock = threading.Lock()
     sent: list[tuple[float, float]] = []  # (ideal, actual send)

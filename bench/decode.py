@@ -35,6 +35,7 @@ from improv.live.engine import Engine, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 FILLS = (0.1, 0.5, 1.0)
+GAPS_MS = (1.0, 5.0, 20.0)
 
 
 def log(msg: str) -> None:
@@ -111,8 +112,10 @@ def ort_fixed_fill(model: Path, provider: str, threads: int, fill: float, steps:
 
 
 def ort_roll(model: Path, provider: str, threads: int, steps: int, pace_ms: float = 0.0,
-             inline_chunk: int | None = None) -> dict:
-    """Steps across many rolls: flat out, or one step every ``pace_ms`` (a live set's rhythm).
+             inline_chunk: int | None = None, gap_ms: float = 0.0) -> dict:
+    """Steps across many rolls: flat out, one step every ``pace_ms`` (a live set's rhythm),
+    or ``gap_ms`` of idle time before each step (the pause a running jam leaves, from its
+    ``decode_gap_ms``: a step after a pause finds the weights out of the CPU's caches).
 
     ``inline_chunk`` None is the engine's default roll; 0 re-encodes in a background thread.
     """
@@ -129,6 +132,8 @@ def ort_roll(model: Path, provider: str, threads: int, steps: int, pace_ms: floa
         if pace_ms:
             next_at += pace_ms / 1e3
             time.sleep(max(0.0, next_at - time.perf_counter()))
+        elif gap_ms:
+            time.sleep(gap_ms / 1e3)
         before, r = e.rolling, e.rolls
         t0 = time.perf_counter()
         e.step(t)
@@ -144,7 +149,8 @@ def ort_roll(model: Path, provider: str, threads: int, steps: int, pace_ms: floa
         "roll_p99_ms": during.get("p99_ms", 0.0),
         "outside_roll_p99_ms": outside.get("p99_ms", 0.0),
         "outside_roll_max_ms": outside.get("max_ms", 0.0), "context": e.context,
-        "roll_at": e.roll_at, "keep": e.keep, "pace_ms": pace_ms, "inline_chunk": inline_chunk,
+        "roll_at": e.roll_at, "keep": e.keep, "pace_ms": pace_ms, "gap_ms": gap_ms,
+        "inline_chunk": inline_chunk,
     }
 
 
@@ -370,6 +376,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             run(f"ort_cpu_{threads}t/roll", ort_roll, model, "cpu", threads, steps)
         run("ort_cpu_1t/roll_thread", ort_roll, model, "cpu", 1, steps, 0.0, 0)
         run("ort_cpu_1t/roll_thread_paced2ms", ort_roll, model, "cpu", 1, steps, 2.0, 0)
+        for gap in GAPS_MS:  # how much a pause before a step costs it (the jam's pace)
+            run(f"ort_cpu_1t/roll_gap{gap:g}ms", ort_roll, model, "cpu", 1,
+                min(steps, 1000), 0.0, None, gap)
         try:
             Engine(model, provider="cuda", background=False)
             for f in FILLS:

@@ -98,6 +98,7 @@ BAD = [
     ("jam --seconds -1", "--seconds -1 is out of range"),
     ("jam --threads 0", "--threads 0 is out of range"),
     ("jam --latency-ms -5", "--latency-ms -5 is out of range"),
+    ("jam --clock midi --clock-offset-ms 80", "--clock-offset-ms 80 is out of range"),
     ("jam --set top_p=0.0", "top_p = 0.0 is out of range"),
     ("demo --call {tmp}/garbage.mid", "garbage.mid: not a Standard MIDI File"),
     ("demo --call {tmp}/empty.mid", "empty.mid: the file is empty"),

@@ -495,11 +495,13 @@ def test_markdown_has_the_isolation_and_clock_follow_rows_with_their_bars():
     dist = bm.summarize([0.4, 0.6, 1.5])
     res["benchmarks"]["isolation"] = {
         "seconds": 60, "configs": {"io_ui_hog/arrival": dist,
-                                   "decode_isolated_roll": dist, "decode_isolated_fill50": dist},
+                                   "decode_isolated_roll": dist, "decode_isolated_fill50": dist,
+                                   "io_ui_hog/decode_alone_gap": {**dist, "gap_ms": 2.5}},
         "runs": {"io_ui_hog": {
             "jam_latency": {"schedule_p99_ms": 0.6, "decode_median_ms": 0.9, "late": 0},
             "bar_arrival_ok": True, "bar_send_ok": False, "bar_decode_ok": True,
-            "decode_ratio": 1.2, "late_here": 0, "notes": 100, "answers": 5,
+            "decode_ratio": 1.2, "decode_ratio_flat": 2.25, "late_here": 0, "notes": 100,
+            "answers": 5,
             "stuck_notes": [], "double_strikes": 0}}}
     res["benchmarks"]["clock_follow"] = {
         "seconds": 60, "configs": {"jitter/offset": dist,
@@ -509,10 +511,14 @@ def test_markdown_has_the_isolation_and_clock_follow_rows_with_their_bars():
     assert ("| isolation: answer arrival at JACK - deadline (I/O process, UI 160x48, CPU hog, "
             "dense answers) |") in md
     assert "p99 <= 2 ms: True; send p99 0.600 ms <= 0.5 ms: False |" in md
-    assert "decode median 0.900 ms (1.20x alone; bar <= 1.5x: True)" in md
+    assert ("decode median 0.900 ms (1.20x alone after the same idle time; bar <= 1.5x: True; "
+            "2.25x alone flat out)") in md
+    assert ("| decode step alone after the idle time the jam left (I/O process, UI 160x48, CPU "
+            "hog: 2.50 ms) | 0.600 |") in md
+    assert "jam median 0.900 ms = 1.20x; bar <= 1.5x: True |" in md
     assert "keys left down 0, double strikes 0" in md
     assert "(a master with +-1 ms uniform jitter per pulse) |" in md
-    assert "p99 <= 1.5 ms: False |" in md
+    assert "bar <= 1.5 ms: False |" in md
     assert "--in-process" not in md  # a run that did not happen has no row
     assert report.validate(res) == []
 

@@ -288,3 +288,18 @@ def test_gpu_expected_reads_the_device_node_and_cuda_visible_devices(monkeypatch
     assert providers.gpu_expected() is True
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert providers.gpu_expected() == os.path.exists("/dev/nvidia0")
+
+
+def test_stats_report_the_idle_time_before_steps(tiny):
+    """The jam's decode step is compared with steps alone after the same pause
+    (bench/suite.py): the engine has to say how long that pause was."""
+    d, _ = tiny
+    e = Engine(d, provider="cpu", background=False, style="folk")
+    e.feed([tk.BAR])
+    for _ in range(5):
+        e.step(tk.BAR)  # back to back
+    assert e.stats.gap_median_ms < 5.0
+    for _ in range(10):
+        time.sleep(0.02)
+        e.step(tk.BAR)
+    assert e.stats.gap_median_ms >= 19.0  # 10 of 15 steps came after 20 ms of nothing

@@ -169,6 +169,7 @@ def io_config(args: argparse.Namespace, preset, follow: bool) -> dict:
         "thru_channel": int(preset.channel) - 1 if getattr(args, "thru", False) else None,
         "follow": follow, "clock_out": bool(getattr(args, "clock_out", False)),
         "latency_ms": getattr(args, "latency_ms", 0.0) or 0.0,
+        "clock_offset_ms": getattr(args, "clock_offset_ms", None),
     }
 
 
@@ -238,7 +239,8 @@ def build_rig(args: argparse.Namespace, output=None, inbox=None, ports=(), follo
 
             session.follower = RemoteFollower()  # the follower runs in the I/O process
         else:
-            session.follower = MidiClockFollower(clock)
+            offset = getattr(args, "clock_offset_ms", None) or 0.0  # no JACK period here
+            session.follower = MidiClockFollower(clock, offset_s=offset / 1e3)
     return Rig(session, scheduler, clock, engine, recorder)
 
 
@@ -352,6 +354,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             rig = build_rig(args, follower=args.clock == "midi", on_lost=stop.set)
             link = rig.scheduler
             teardown.err(f"improv: listening on '{link.in_name}', playing to '{link.out_name}'")
+            if link.timing["period_ms"]:
+                teardown.err(_timing_line(link.timing, args.clock == "midi"))
             rig.session.port_panel.selector = lambda role, name: select_io_port(rig, role, name)
             link.on_port = lambda event, name, role: _port_event(rig, event, name, role)
             if link.in_heard is False:
@@ -419,6 +423,14 @@ def _port_event(rig: Rig, event: str, name: str, role: str = "in") -> None:
         rig.session.set_port(PortView(role, name, event == "back", False))
     line = _PORT_EVENTS.get(event, "{role} {name}: " + event)
     rig.session.say(line.format(role="input" if role == "in" else "output", name=name))
+
+
+def _timing_line(timing: dict, follow: bool) -> str:
+    line = (f"improv: JACK period {timing['period_ms']:.2f} ms: sending "
+            f"{timing['lead_ms']:.2f} ms early")
+    if follow:
+        line += f", the master's pulses taken {timing['clock_offset_ms']:+.2f} ms earlier"
+    return line + " (improv.live.jack_info)"
 
 
 def _in_process_rig(args: argparse.Namespace) -> Rig:

@@ -78,6 +78,13 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                     help="send this much early, for a slow synth or a DAW's monitoring")
     ap.add_argument("--clock", choices=("internal", "midi"), default="internal",
                     help="internal tempo, or follow incoming MIDI beat clock")
+    ap.add_argument("--clock-offset-ms", type=number_arg("--clock-offset-ms", -50, 50),
+                    default=None, metavar="MS",
+                    help="with --clock midi: how late the master's pulses reach improv; "
+                    "default: half a period on JACK (a master writing between JACK's "
+                    "cycles: hardware, an app's own thread), 0 elsewhere; for a master "
+                    "writing inside JACK's cycle (jack_midi_clock, a DAW on JACK) give "
+                    "minus half a period")
     ap.add_argument("--clock-out", action="store_true", help="send MIDI clock as master")
     ap.add_argument("--no-tui", action="store_true", help="plain text instead of the stage UI "
                     "('improv ui' can still attach one)")

@@ -253,8 +253,10 @@ class MidiClockFollower:
     # A pulse gap this long (10 BPM) means the master paused: start a new fit.
     MAX_GAP = 0.25
 
-    def __init__(self, clock: Clock, *, window: int = 48, min_pulses: int = 6) -> None:
+    def __init__(self, clock: Clock, *, window: int = 48, min_pulses: int = 6,
+                 offset_s: float = 0.0) -> None:
         self.clock = clock
+        self.offset = offset_s  # how late the master's messages are heard (jack_info)
         self.window = window
         self.min_pulses = max(min_pulses, 2)
         self._fit: deque[tuple[int, float]] = deque(maxlen=window)  # (pulse index, time)
@@ -283,6 +285,7 @@ class MidiClockFollower:
 
     def feed(self, kind: str, t: float, value: int | None = None) -> None:
         """One message: 'clock', 'start', 'stop', 'continue' or 'songpos' (``value`` = 16ths)."""
+        t -= self.offset
         if kind == "clock":
             self._pulse(t)
         elif kind == "start":
@@ -360,10 +363,12 @@ class ClockSender:
     SPIN = 0.0005  # as the scheduler's: a short spin after a real-time wait
 
     def __init__(
-        self, clock: Clock, send: Callable[[mido.Message], object], *, realtime: bool = True
+        self, clock: Clock, send: Callable[[mido.Message], object], *, realtime: bool = True,
+        lead_s: float = 0.0,
     ) -> None:
         self.clock = clock
         self.send = send
+        self.lead = lead_s  # sent this much before each pulse's time, as the notes are
         self.realtime = realtime
         self.sent = 0
         self.errors = 0
@@ -426,7 +431,7 @@ class ClockSender:
         clock = self.clock
         tick = math.floor(clock.now_tick()) + 1
         while not self._quit.is_set():
-            target = clock.tick_to_time(tick)
+            target = clock.tick_to_time(tick) - self.lead
             delay = target - clock.time_fn()
             if delay > self.SPIN:
                 self._quit.wait(delay - self.SPIN)

@@ -176,6 +176,7 @@ class EngineStats:
     rolls: int
     roll_waits: int
     provider: str
+    gap_median_ms: float | None = None  # idle time before a step (since the engine last ran)
 
 
 class _Roll:
@@ -228,6 +229,10 @@ class Engine:
         on_device = self.provider == "cuda" and device_cache
         self._caches = [self._new_cache(on_device) for _ in range(2)]
         self._times = np.zeros(4096)
+        # A step after a pause finds the weights out of cache and costs 2-3x one run flat out
+        # (bench/decode.py --gap-ms): the pause before each step says which figure to compare.
+        self._gaps = np.zeros(4096)
+        self._last_end = time.perf_counter()
         self._n_steps = 0
         self._busy_s = 0.0
         self._tokens_run = 0
@@ -307,9 +312,11 @@ class Engine:
         if not 0 <= token < self.config["vocab_size"]:
             raise ValueError(f"token id {token} is outside 0..{self.config['vocab_size'] - 1}")
         t0 = time.perf_counter()
+        gap = t0 - self._last_end
         logits = self._advance([int(token)])
         dt = time.perf_counter() - t0
         self._times[self._n_steps % self._times.shape[0]] = dt
+        self._gaps[self._n_steps % self._gaps.shape[0]] = gap
         self._n_steps += 1
         return logits
 
@@ -333,12 +340,13 @@ class Engine:
     def stats(self) -> EngineStats:
         n = min(self._n_steps, self._times.shape[0])
         ms = self._times[:n] * 1e3 if n else np.zeros(1)
+        gaps = self._gaps[:n] * 1e3 if n else np.zeros(1)
         return EngineStats(
             median_ms=float(np.median(ms)), p99_ms=float(np.percentile(ms, 99)),
             max_ms=float(ms.max()),
             tokens_per_s=self._tokens_run / self._busy_s if self._busy_s else 0.0,
             steps=self._n_steps, rolls=self.rolls, roll_waits=self.roll_waits,
-            provider=self.provider,
+            provider=self.provider, gap_median_ms=float(np.median(gaps)),
         )
 
     def twin(self) -> Engine:
@@ -368,7 +376,8 @@ class Engine:
                 self._start_roll()
             elif self._roll is not None and self.inline_chunk:
                 self._reencode_some(self._roll, self.inline_chunk)
-        self._busy_s += time.perf_counter() - t0
+        self._last_end = time.perf_counter()
+        self._busy_s += self._last_end - t0
         self._tokens_run += len(toks)
         return self.logits
 

@@ -91,7 +91,8 @@ class IOLink:
         if first[0] != "ready":
             self.process.join(timeout=5)
             raise PortError(first[1] if len(first) > 1 else "the MIDI I/O process failed")
-        _, self.in_name, self.out_name, self.in_virtual, self.out_virtual, self.in_heard = first
+        (_, self.in_name, self.out_name, self.in_virtual, self.out_virtual, self.in_heard,
+         self.timing) = first  # timing: JACK's period and what the I/O process makes of it
         self._unsubscribe = (lambda: None) if self.follow else clock.on_change(self._push_mapping)
         self._reader = threading.Thread(target=self._read, name="improv-io-reader", daemon=True)
         self._reader.start()

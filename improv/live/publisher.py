@@ -104,6 +104,7 @@ class Publisher:
             latency=Latency(
                 decode_median_ms=es.median_ms if es.steps else None,
                 decode_p99_ms=es.p99_ms if es.steps else None,
+                decode_gap_ms=es.gap_median_ms if es.steps else None,
                 schedule_p99_ms=ss.p99_ms,
                 tokens_per_s=es.tokens_per_s or None,
                 ingest_median_ms=_pct(session.ingest_ms, 50),

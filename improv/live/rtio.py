@@ -51,6 +51,7 @@ import mido
 
 from improv.live.clock import Clock, ClockSender, MidiClockFollower, now, try_realtime
 from improv.live.echo import EchoGuard
+from improv.live.jack_info import half_period_ms
 
 WATCHDOG_S = 0.2  # silence from the session that ends every note
 STATS_EVERY = 0.25
@@ -170,22 +171,29 @@ def serve(conn, config: dict) -> int:
     clock = Clock(120.0, *config.get("meter", (4, 4)))
     clock.bar_origin = int(config.get("bar_origin", 0))
     clock.set_mapping(*config["mapping"])
-    follow = bool(config.get("follow"))
-    follower = MidiClockFollower(clock) if follow else None
-    if follow:
-        clock.on_change(lambda: wire.send(("m", *clock.mapping())))
     try:
         backend = get_backend(config.get("backend"))
         out = MidiOutput(config.get("out"), backend=backend, virtual=config.get("virtual_out"))
     except Exception as e:
         wire.send(("error", str(e)))
         return 2
+    # JACK moves MIDI once a period: what is sent goes out early by half of one, and a
+    # master's pulses are taken as that much earlier than heard (improv.live.jack_info).
+    half = half_period_ms(getattr(backend, "api", None))
+    offset = config.get("clock_offset_ms")
+    timing = {"period_ms": 2 * half, "lead_ms": half,
+              "clock_offset_ms": half if offset is None else float(offset)}
+    follow = bool(config.get("follow"))
+    follower = (MidiClockFollower(clock, offset_s=timing["clock_offset_ms"] / 1e3)
+                if follow else None)
+    if follow:
+        clock.on_change(lambda: wire.send(("m", *clock.mapping())))
 
     def on_sent(msg: mido.Message, t: float, tag: Hashable) -> None:
         wire.send(("x", t, bytes(msg.bytes()), tag))
 
     guard = EchoGuard(out)  # the scheduler sends through it: it knows what went out
-    sched = Scheduler(guard, clock, latency_ms=config.get("latency_ms", 0.0),
+    sched = Scheduler(guard, clock, latency_ms=config.get("latency_ms", 0.0) + half,
                       on_sent=on_sent if config.get("report_sent", True) else None,
                       realtime=config.get("realtime", True))
     thru_channel = config.get("thru_channel")
@@ -217,9 +225,10 @@ def serve(conn, config: dict) -> int:
                 for port, role in ((inp, "in"), (out, "out")) if role == "in" or not port.virtual]
     sender = None
     if config.get("clock_out"):
-        sender = ClockSender(clock, out.send, realtime=config.get("realtime", True)).open()
+        sender = ClockSender(clock, out.send, realtime=config.get("realtime", True),
+                             lead_s=half / 1e3).open()
         sender.start()  # a slave's beat 1 lands on our next bar line
-    wire.send(("ready", inp.name, out.name, inp.virtual, out.virtual, inp.heard))
+    wire.send(("ready", inp.name, out.name, inp.virtual, out.virtual, inp.heard, timing))
     watchdog = float(config.get("watchdog_s", WATCHDOG_S))
     why = None
     last = now()
@@ -238,7 +247,7 @@ def serve(conn, config: dict) -> int:
                 if item[0] == "t":
                     thru_to[0] = int(item[1])
                 else:
-                    _handle(item, sched, clock, inp, out, wire)
+                    _handle(item, sched, clock, inp, out, wire, half)
             elif now() - last > watchdog:
                 why = f"no heartbeat from the session for {watchdog * 1000:.0f} ms"
                 break
@@ -262,7 +271,7 @@ def serve(conn, config: dict) -> int:
     return 0 if why is None else 3
 
 
-def _handle(item: tuple, sched, clock: Clock, inp, out, wire: _Wire) -> None:
+def _handle(item: tuple, sched, clock: Clock, inp, out, wire: _Wire, lead_ms: float) -> None:
     kind = item[0]
     if kind == "s":
         sched.schedule(mido.Message.from_bytes(item[2]), item[1], tag=item[3])
@@ -273,7 +282,7 @@ def _handle(item: tuple, sched, clock: Clock, inp, out, wire: _Wire) -> None:
     elif kind == "m":
         clock.set_mapping(item[1], item[2], item[3])
     elif kind == "l":
-        sched.latency_ms = item[1]
+        sched.latency_ms = item[1] + lead_ms
     elif kind == "o":
         wire.send(("O", item[1], *_select_port(sched, inp, out, item[1], item[2])))
 

@@ -95,6 +95,7 @@ class Latency:
     late: int = 0
     dropped: int = 0
     provider: str | None = None  # where the model runs: "cpu" or "cuda"
+    decode_gap_ms: float | None = None  # median idle time before a decode step
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,19 @@ def summarize(ms) -> dict:
             "mean_ms": float(x.mean()), "n": int(x.size)}
 
 
+def cpu_steal_s() -> float | None:
+    """CPU seconds the hypervisor ran something else while this VM wanted its cores (all
+    cores, from /proc/stat's steal column); None where there is no such count. A jam that
+    loses tens of ms at once this way is late by that much whatever it does, so each live
+    run reports what was stolen during it."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def load_bench(name: str):
     """A module of this package by name, e.g. ``load_bench("decode")``."""
     return importlib.import_module(f"bench.{name}")

@@ -39,7 +39,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from bench.common import load_bench
+from bench.common import cpu_steal_s, load_bench
 from bench.terminal import Pty
 from improv.live.clock import now
 from improv.live.ports import get_backend, input_names, match_port
@@ -302,6 +302,7 @@ def _retrying(once, what: str, log) -> dict:
     """``once(k)`` for jam k, again with a fresh jam while the jam is deaf to us."""
     restarts = []
     for k in range(JAMS):
+        stolen = cpu_steal_s()
         try:
             r = once(k)
         except Deaf as e:
@@ -309,6 +310,8 @@ def _retrying(once, what: str, log) -> dict:
             log(f"  {what}: jam {k + 1} of {JAMS} did not hear us; starting another")
             continue
         r["jam_restarts"] = restarts
+        after = cpu_steal_s()
+        r["steal_ms"] = None if stolen is None or after is None else (after - stolen) * 1e3
         return r
     raise LiveError(f"{JAMS} jams in a row did not hear us; the last: {restarts[-1]}")
 

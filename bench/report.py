@@ -206,6 +206,8 @@ def isolation_rows(b: dict) -> list[str | None]:
             parts = [] if far is None else [f"early or late: p99 {far:.3f} ms"]
             if name == "jitter":
                 parts.append(f"bar <= {BAR_FOLLOW_MS:g} ms: {run['bar_ok']}")
+            if run.get("steal_ms") is not None:
+                parts.append(f"CPU stolen by the hypervisor in the jam {run['steal_ms']:.0f} ms")
             rows.append(_row(f"clock follow: answer note at JACK - master's grid ({what})", c,
                              "; ".join(parts)))
     return rows
@@ -239,6 +241,8 @@ def isolation_notes(b: dict) -> list[str]:
                 f"arrivals > 5 ms here {run['late_here']}, {run['notes']} notes in "
                 f"{run['answers']} answers, keys left down {len(run['stuck_notes'])}, "
                 f"double strikes {run.get('double_strikes')}"
+                + (f", CPU stolen by the hypervisor during the jam {run['steal_ms']:.0f} ms"
+                   if run.get("steal_ms") is not None else "")
                 + (f", {len(run['jam_restarts'])} deaf jam(s) replaced"
                    if run.get("jam_restarts") else ""))
         out.append(

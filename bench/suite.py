@@ -225,7 +225,7 @@ class Suite:
             dmed = lat.get("decode_median_ms")
             run = {k: r[k] for k in ("notes", "messages", "late_here", "answers", "in_process",
                                      "hog_cpu", "ui", "ui_latency_mentions", "exit_code",
-                                     "pulses", "stuck_notes", "double_strikes",
+                                     "pulses", "stuck_notes", "double_strikes", "steal_ms",
                                      "unpaired_note_ons", "jam_restarts")}
             # The same steps alone, each after the idle time the jam left before its steps:
             # what isolation can be asked to match (a paused step reads its weights from

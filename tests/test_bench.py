@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -533,3 +534,12 @@ def test_key_faults_hear_the_notes_as_a_synth_does():
     msgs = [on(60), on(60), off(60), on(62), on(64), zero, (0.0, mido.Message("clock"))]
     assert iso.key_faults(msgs) == ([(0, 62)], 1)  # 60 struck twice, ended by one note-off
     assert bm.load_bench("trading").stuck_notes(msgs) == [(0, 60), (0, 62)]
+
+
+def test_cpu_steal_is_read_from_proc_stat_and_only_grows():
+    a = bm.cpu_steal_s()
+    b = bm.cpu_steal_s()
+    if sys.platform.startswith("linux"):  # the VMs this project runs on
+        assert a is not None and b is not None and 0.0 <= a <= b
+    else:
+        assert a is None or a <= b

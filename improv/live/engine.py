@@ -36,6 +36,14 @@ rolls; inline chunks of 8 give 1.2 ms median while a roll lasts and at most
 2.4 ms, with nothing else ever competing for the cores. ``background=False``
 re-encodes in one go, for tests and reproducible runs.
 
+A step after a pause. A set steps the model a few times, then waits for the music: about
+2.7 ms idle before each step in a dense jam (``stats.gap_median_ms``). After such a pause a step
+reads its 9 MB of weights from memory again, not from cache: measured alone on this 2-core VM
+(1 thread, ``bench/decode.py``'s ``ort_roll``), a median of 0.67 ms flat out, 1.13 ms paced one
+step every 2 ms, 1.63 ms every 5 ms and 1.92 ms every 20 ms; a spinning wait costs the same as a
+sleeping one (1.35 against 1.34-1.51 ms after 5 ms), so it is the caches, not the core going idle.
+This is why the isolation bench compares a jam's step with steps alone after the same pause.
+
 Why re-encode rather than slide a RoPE window over a ring buffer: the model then
 always sees what it was trained on, a STYLE token at position 0 followed by a
 crop of a piece, so style conditioning never scrolls out and there is no

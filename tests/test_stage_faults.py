@@ -259,7 +259,14 @@ def test_a_flood_is_shed_answers_come_back_within_a_second_nothing_is_lost_or_st
     assert jam.proc.returncode == 0, jam.text
     assert not unended(ear)
     human = [m for m in mido.MidiFile(record).tracks[1] if m.type == "note_on" and m.velocity]
-    assert len(human) == sent, f"{len(human)} of {sent} played notes recorded"
+    played_pitches = [36 + k % 48 for k in range(sent)]
+    recorded = [m.note for m in human]
+    pairs = zip(recorded, played_pitches, strict=False)
+    first_diff = next((k for k, (a, b) in enumerate(pairs) if a != b), None)
+    assert len(human) == sent, (f"{len(human)} of {sent} played notes recorded; first "
+                                f"difference at note {first_diff}: "
+                                f"{recorded[first_diff - 3:first_diff + 6] if first_diff else ''}"
+                                f"\n{jam.text}")
     assert "dropped" in jam.text
 
 

@@ -2,9 +2,9 @@
 against jack_midi_clock, the answer's notes read against the master's grid.
 
 This module owns the masters and the grid each is read against. ``follow_run``:
-``improv jam --clock midi --no-tui`` following a master on a JACK port of ours that
-sends 24 pulses a beat, each ``+-jitter_ms`` off its ideal time (uniform, seeded), as
-a master on a non-real-time thread does; or following ``jack_midi_clock`` (sample
+``improv jam --clock midi --no-tui`` following :mod:`bench.clock_master` (a process of its
+own) that sends 24 pulses a beat, each ``+-jitter_ms`` off its ideal time (uniform, seeded),
+as a master writing between JACK's cycles does; or following ``jack_midi_clock`` (sample
 accurate, JACK transport rolling). Answer notes against the master's ideal grid: for
 our master the times it aimed at; for jack_midi_clock the line through its pulses as
 heard here within half a second of each note, placed near their latest arrivals (a
@@ -15,15 +15,15 @@ The jam, its pseudo-terminal, the calls and the listener are :mod:`bench.isolati
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import random
 import shutil
 import subprocess
-import threading
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-import mido
 import numpy as np
 
 from bench.isolation import (
@@ -42,18 +42,11 @@ from bench.isolation import (
     grid_residuals,
     latency_of,
     live,
-    trading,
 )
-from improv.live.clock import now, try_realtime
+from improv.live.clock import now
 from improv.live.ports import get_backend
 
-
-def jittered_pulses(t0: float, tick_s: float, n: int, jitter_s: float,
-                    seed: int = 0) -> list[tuple[float, float]]:
-    """(ideal, planned send time) of ``n`` pulses, each uniformly ``+-jitter_s`` off."""
-    rng = random.Random(seed)
-    return [(t0 + k * tick_s, t0 + k * tick_s + rng.uniform(-jitter_s, jitter_s))
-            for k in range(n)]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def follow_run(model: Path, seconds: float, master: str = "jitter", jitter_ms: float = 1.0,
@@ -71,46 +64,43 @@ def _follow_once(model: Path, seconds: float, master: str, jitter_ms: float, bpm
     tag = f"fol{os.getpid()}{master[0]}{k}"
     run = _Run(_jam_cmd(model, tag, bpm, seconds + 60, DENSE, ["--clock", "midi", *extra]),
                tag, ui=False)
-    stop = threading.Event()
-    lock = threading.Lock()
     sent: list[tuple[float, float]] = []  # (ideal, actual send)
-    mclk = th = None
-    try:
-        run.connect(backend, clock_from_jam=False)
-        if master == "jitter":
-            t0 = now() + 0.3
-            plan = jittered_pulses(t0, tick_s, int((seconds + 40) / tick_s), jitter_ms / 1e3,
-                                   seed=11)
-
-            def pulses() -> None:
-                try_realtime()  # as a master's clock thread would ask; jitter is added on purpose
-                trading._sleep_until(t0 - 0.01)
-                with lock:
-                    run.out.send(mido.Message("start"))
-                for ideal, at in plan:
-                    if stop.is_set():
-                        return
-                    trading._sleep_until(at)
-                    with lock:
-                        t = now()
-                        run.out.send(mido.Message("clock"))
-                    sent.append((ideal, t))
-
-            th = threading.Thread(target=pulses, daemon=True)
-            th.start()
-        else:
-            mclk = _start_jack_midi_clock(bpm, [f"improv in {tag}", f"bench-iso-{tag}"])
-        time.sleep(2.0)  # the follower locks on
-        answered = _calls(run, seconds, backend, log, lock)
-        snap = run.tap.snapshot
-        t_exit = run.stop()
-    finally:
-        stop.set()
-        if th is not None:
-            th.join(timeout=2.0)  # its last send before our port closes
-        if mclk is not None:
-            _stop_jack_midi_clock(mclk)
-        run.close()
+    mclk = master_proc = None
+    with tempfile.TemporaryDirectory() as tmp:
+        sent_file = Path(tmp) / "sent.json"
+        try:
+            run.connect(backend, clock_from_jam=False)
+            if master == "jitter":  # a process of its own, as a real master is
+                master_proc = subprocess.Popen(
+                    [sys.executable, "-m", "bench.clock_master", "--to", f"improv in {tag}",
+                     "--t0", repr(now() + 1.0), "--bpm", f"{bpm:g}",
+                     "--pulses", str(int((seconds + 40) / tick_s)),
+                     "--jitter-ms", f"{jitter_ms:g}", "--seed", "11", "--out", str(sent_file)],
+                    cwd=ROOT)
+            else:
+                mclk = _start_jack_midi_clock(bpm, [f"improv in {tag}", f"bench-iso-{tag}"])
+            time.sleep(2.0)  # the follower locks on
+            answered = _calls(run, seconds, backend, log)
+            snap = run.tap.snapshot
+            t_exit = run.stop()
+        finally:
+            if master_proc is not None:
+                master_proc.terminate()  # it writes what it sent, then exits
+                try:
+                    master_proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    master_proc.kill()
+                    master_proc.wait()
+            if mclk is not None:
+                _stop_jack_midi_clock(mclk)
+            run.close()
+        if master_proc is not None:
+            try:
+                sent = [tuple(x) for x in json.loads(sent_file.read_text())]
+            except (OSError, ValueError) as e:
+                raise LiveError(f"the clock master wrote no pulses ({e})") from None
+            if not sent:
+                raise LiveError("the clock master sent no pulses")
     msgs = run.rec.copy()
     notes, ons = _note_times(msgs, t_exit)
     if not notes:

@@ -479,7 +479,7 @@ def test_a_master_slower_than_its_nominal_tempo_is_followed_by_a_local_grid():
 
 
 def test_jittered_pulses_stay_within_the_jitter_and_repeat_with_the_seed():
-    iso, follow = bm.load_bench("isolation"), bm.load_bench("clock_follow")
+    iso, follow = bm.load_bench("isolation"), bm.load_bench("clock_master")
     plan = follow.jittered_pulses(2.0, TICK, 500, 0.001, seed=3)
     ideal = np.array([i for i, _ in plan])
     at = np.array([t for _, t in plan])

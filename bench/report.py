@@ -259,15 +259,17 @@ def isolation_notes(b: dict) -> list[str]:
             m = fol["configs"]["jitter/master_send_minus_ideal"]
             parts.append(f"our master sent its pulses {m['median_ms']:+.2f} ms (median), "
                          f"p99 {m['p99_ms']:+.2f} ms, min {j['master_send_min_ms']:+.2f} ms off "
-                         f"their ideal times (+-{j['jitter_ms']:g} ms asked, a Python thread "
-                         f"at SCHED_FIFO), the grid being its ideal times")
-        k = fol["runs"].get("jack_midi_clock")
+                         f"their ideal times (+-{j['jitter_ms']:g} ms asked; bench/clock_master.py"
+                         f", a process of its own at SCHED_FIFO), the grid being its ideal "
+                         f"times")
+        k = fol["runs"].get("jack_midi_clock") or fol["runs"].get("jack_midi_clock_inside")
         if k:
             parts.append(f"jack_midi_clock's grid is the line through its pulses heard here "
                          f"within 0.5 s of each note, placed on the 90th percentile of their "
                          f"arrivals (pulse "
                          f"gap median {k['pulse_gap_ms']['median']:.3f} ms: JACK's dummy "
-                         f"driver runs off the system clock; fit spread p99 "
+                         f"driver runs off the system clock; gap max "
+                         f"{k['pulse_gap_ms']['max']:.1f} ms: JACK itself stalled; fit spread p99 "
                          f"{k['pulse_spread_ms']:.2f} ms)")
         half = fol.get("half_period_ms")
         if half:

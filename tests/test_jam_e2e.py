@@ -59,7 +59,8 @@ def start_jam(cmd: list[str], player_args: list[str]):
 
 
 @pytest.mark.jack
-def test_jam_answers_on_the_beat_and_ends_every_note(jack_backend, tiny_model_dir, tmp_path):
+def test_jam_answers_on_the_beat_and_ends_every_note(jack_server, jack_backend, tiny_model_dir,
+                                                     tmp_path):
     tag = f"e2e{os.getpid()}"
     proc, lines, reader, player = start_jam(jam_command(
         tag, tiny_model_dir, "--record", str(tmp_path / "set.mid"),
@@ -81,6 +82,10 @@ def test_jam_answers_on_the_beat_and_ends_every_note(jack_backend, tiny_model_di
     heard = json.loads((tmp_path / "heard.json").read_text())
     got = [(t, mido.Message.from_bytes(b)) for t, b in heard["received"]]
     assert heard["heard_start"], f"no MIDI clock Start from the jam:\n{output}"
+    # the fixture's own JACK server runs 64 frames at 48 kHz: the jam sends half that early
+    said = ("JACK period 1.33 ms: sending 0.67 ms early" if jack_server is not None
+            else "JACK period ")
+    assert said in output, output
     # Clock out as a DAW expects it: Song Position 0 and Start, pulses, and at the end of the
     # set Stop, then the Song Position where it stopped (a slaved DAW must not keep rolling).
     kinds = [m.type for _, m in got]

@@ -429,8 +429,9 @@ def _timing_line(timing: dict, follow: bool) -> str:
     line = (f"improv: JACK period {timing['period_ms']:.2f} ms: sending "
             f"{timing['lead_ms']:.2f} ms early")
     if follow:
-        line += f", the master's pulses taken {timing['clock_offset_ms']:+.2f} ms earlier"
-    return line + " (improv.live.jack_info)"
+        line += (f"; the master's pulses taken as {timing['clock_offset_ms']:+.2f} ms late "
+                 "(--clock-offset-ms)")
+    return line
 
 
 def _in_process_rig(args: argparse.Namespace) -> Rig:

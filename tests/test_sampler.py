@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from improv.core import tokens as tk
+from improv.core.key_finder import infer_key
 from improv.core.keys import MODES
-from improv.live.sampler import Constraints, Sampler, SamplerError, infer_key, parse_key
+from improv.live.sampler import Constraints, Sampler, SamplerError, parse_key
 
 V = tk.VOCAB_SIZE
 BAR_TICKS = 96
@@ -261,6 +262,17 @@ def test_infer_key_finds_every_major_and_minor_key(mode):
 def test_infer_key_without_evidence_is_none():
     assert infer_key([]) is None
     assert infer_key(np.ones(12)) is None
+
+
+def test_a_tie_goes_to_the_first_key_and_the_evaluation_finds_the_same_keys():
+    from improv.learn.eval_musical import estimate_key
+
+    # a tritone fits C# major and G major equally: the first in C..B order wins, always
+    for low in range(6):
+        assert infer_key([60 + low, 66 + low])[:2] == (low, "major")
+    toks = tk.encode_notes([tk.Note(24 * i, 24 * i + 12, 60 + p, 80)
+                            for i, p in enumerate((2, 4, 6, 7, 9, 11, 13, 14))])
+    assert estimate_key(toks) == infer_key([62, 64, 66, 67, 69, 71, 73, 74])[:2] == (2, "major")
 
 
 def test_bad_constraints_and_logits_raise_clear_errors():

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from improv.core import tokens as tk
-from improv.core.keys import KK_MAJOR, KK_MINOR, MODES
+from improv.core.key_finder import infer_key
+from improv.core.keys import MODES
 from improv.learn.baseline import NGramModel
 from improv.learn.model import ModelError
 
 MEMO_N = 8
-MAJOR_PROFILE, MINOR_PROFILE = np.array(KK_MAJOR), np.array(KK_MINOR)
 MAJOR_SCALE, MINOR_SCALE = MODES["major"], MODES["minor"]  # natural minor
 NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 # Never part of a continuation: the sampler in the live path forbids them too.
@@ -42,22 +42,16 @@ def note_on_pitches(toks) -> np.ndarray:
 
 
 def estimate_key(toks) -> tuple[int, str]:
-    """(tonic pitch class, "major" | "minor"): Krumhansl-Schmuckler on the duration-weighted
-    pitch-class histogram (note counts when nothing has a duration)."""
+    """(tonic pitch class, "major" | "minor"): the key finder (improv.core.key_finder) on the
+    duration-weighted pitch-class histogram (note counts when nothing has a duration); C major
+    when there is nothing to go on."""
     hist = np.zeros(12)
     for n in tk.decode_notes(toks):
         hist[n.pitch % 12] += n.end - n.start
     if not hist.any():
         hist += np.bincount(note_on_pitches(toks) % 12, minlength=12)
-    if not hist.any():
-        return 0, "major"
-    best, key = -2.0, (0, "major")
-    for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
-        for tonic in range(12):
-            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
-            if np.isfinite(r) and r > best + 1e-12:
-                best, key = r, (tonic, mode)
-    return key
+    key = infer_key(hist)
+    return (0, "major") if key is None else (key.tonic, key.mode)
 
 
 def in_key(pitches: np.ndarray, key: tuple[int, str]) -> int:

@@ -140,3 +140,18 @@ def test_jam_lines_on_jack(cmd, jack_backend, tmp_path):
             p.close()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "listening on" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_trip_of_a_note_points_at_the_functions_it_names():
+    """"How it is built" names `file.py:LINE` `Function` for each hop: each must still be the
+    line where that function starts (code moves; the README must move with it)."""
+    text = README.read_text()
+    refs = re.findall(r"`((?:live|core|learn|stage)/[\w/]+\.py):(\d+)`(?: `([\w.]+)`)?", text)
+    assert len(refs) >= 20
+    root = ROOT / "improv"
+    wrong = []
+    for path, line, name in refs:
+        got = (root / path).read_text().split("\n")[int(line) - 1].strip()
+        if not got.startswith(("def ", "async def ")) or (name and name.split(".")[-1] not in got):
+            wrong.append(f"{path}:{line} {name or ''}: {got[:60]!r}")
+    assert not wrong, "\n".join(wrong)

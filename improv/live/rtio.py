@@ -14,6 +14,9 @@ so that neither a decode step nor a redraw can delay a deadline or a timestamp:
   not via the session;
 * the echo guard (:mod:`improv.live.echo`): our own messages coming back into the
   input are dropped here, before thru or the session sees them;
+* JACK's period (:mod:`improv.live.jack_info`): on JACK every message goes out half a
+  period before its time, so it lands in the nearest cycle, and a followed master's pulses
+  are taken as ``--clock-offset-ms`` (default half a period) earlier than heard;
 * the watchdog: if the session process dies (the pipe's end of file) or stops its
   heartbeat for ``watchdog_s`` (200 ms), every sounding note is ended, then CC 123
   on every channel used, one line says so on stderr, and the process exits.
@@ -29,8 +32,9 @@ session -> here: ``("s", tick|None, bytes, tag)`` schedule, ``("c", tag)`` cance
 t0, spt)`` the session's clock mapping (internal tempo), ``("l", ms)`` latency, ``("o",
 role, name)`` another port, ``("q",)`` stop.
 
-here -> session: ``("ready", in_name, out_name, in_virtual, out_virtual, heard)``
-(heard: the input's self-test, None where no probe can reach it) or
+here -> session: ``("ready", in_name, out_name, in_virtual, out_virtual, heard, timing)``
+(heard: the input's self-test, None where no probe can reach it; timing: JACK's period
+and the lead and clock offset applied, ms) or
 ``("error", text)`` once; then ``("i", t, bytes)`` input (clock pulses stay here),
 ``("m", tick0, t0, spt)`` the followed clock's mapping, ``("x", t, bytes, tag)`` sent,
 ``("S", stats)`` every 250 ms, ``("O", role, ok, text)`` port reply, ``("w", event,

@@ -85,12 +85,7 @@ def _follow_once(model: Path, seconds: float, master: str, jitter_ms: float, bpm
             t_exit = run.stop()
         finally:
             if master_proc is not None:
-                master_proc.terminate()  # it writes what it sent, then exits
-                try:
-                    master_proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    master_proc.kill()
-                    master_proc.wait()
+                live.end_process(master_proc)  # on SIGTERM it writes what it sent, then exits
             if mclk is not None:
                 _stop_jack_midi_clock(mclk)
             run.close()
@@ -174,11 +169,6 @@ def _stop_jack_midi_clock(proc: subprocess.Popen) -> None:
     with contextlib.suppress(Exception):
         subprocess.run(["jack_transport"], input="stop\nquit\n", text=True,
                        capture_output=True, timeout=10)
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    live.end_process(proc)
 
 

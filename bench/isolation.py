@@ -246,20 +246,17 @@ class _Run:
                        "the jam's MIDI Start")
         time.sleep(0.5)
 
-    def play_call(self, transpose: int = 0, lock: threading.Lock | None = None) -> None:
-        lock = lock or contextlib.nullcontext()
+    def play_call(self, transpose: int = 0) -> None:
         for pitch in CALL:
-            with lock:
-                self.out.send(mido.Message("note_on", note=pitch + transpose, velocity=90))
+            self.out.send(mido.Message("note_on", note=pitch + transpose, velocity=90))
             time.sleep(0.2)
-            with lock:
-                self.out.send(mido.Message("note_off", note=pitch + transpose, velocity=0))
+            self.out.send(mido.Message("note_off", note=pitch + transpose, velocity=0))
             time.sleep(0.05)
 
-    def exchange(self, transpose: int, lock=None) -> bool:
+    def exchange(self, transpose: int) -> bool:
         """A call, then its whole answer; False when the jam did not answer."""
         n = len(self.tap.states)
-        self.play_call(transpose, lock)
+        self.play_call(transpose)
         try:
             live._wait(lambda: any(s == "responding" for _, s in self.tap.states[n:]), 6.0,
                        "the answer")
@@ -316,12 +313,12 @@ def _retrying(once, what: str, log) -> dict:
     raise LiveError(f"{JAMS} jams in a row did not hear us; the last: {restarts[-1]}")
 
 
-def _calls(run: _Run, seconds: float, backend, log, lock=None) -> int:
+def _calls(run: _Run, seconds: float, backend, log) -> int:
     """Calls and answers for ``seconds``; our output reopened once if the jam is deaf to it."""
     t_end = now() + seconds
     answered, k = 0, 0
     while now() < t_end:
-        if run.exchange((k % 5) - 2, lock):
+        if run.exchange((k % 5) - 2):
             answered += 1
         elif answered == 0 and k == 0:
             log("  the jam did not hear our first call: reopening our output")

@@ -87,16 +87,21 @@ def jack_server(shared: bool = False):
                     time.sleep(0.1)
                 yield " ".join(["jackd", *cmd[1:]])
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                end_process(proc)
     finally:
         os.environ.pop("JACK_DEFAULT_SERVER", None)
         if old is not None:
             os.environ["JACK_DEFAULT_SERVER"] = old
+
+
+def end_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` s; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait(pred, timeout: float, what: str, step: float = 0.01):

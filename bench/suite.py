@@ -33,6 +33,12 @@ from bench.common import (
 )
 
 
+def _decode_figures(run: dict, *more: str) -> dict:
+    """The figures a bench/decode.py run adds to a ``configs`` entry (and ``more`` keys)."""
+    return {k: run[k] for k in ("median_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "steps",
+                                *more)}
+
+
 class Suite:
     """One run: the options, the model, the result being filled, raw samples for the plots."""
 
@@ -197,12 +203,8 @@ class Suite:
         seconds = self.args.iso_seconds
         dec = iso.isolated_decode(self.model, self.n(500, 3000))
         dec_mod = load_bench("decode")
-        configs = {"decode_isolated_roll": {k: dec["roll"][k] for k in
-                                            ("median_ms", "p99_ms", "p999_ms", "max_ms",
-                                             "mean_ms", "steps")},
-                   "decode_isolated_fill50": {k: dec["fill50"][k] for k in
-                                              ("median_ms", "p99_ms", "p999_ms", "max_ms",
-                                               "mean_ms", "steps")}}
+        configs = {"decode_isolated_roll": _decode_figures(dec["roll"]),
+                   "decode_isolated_fill50": _decode_figures(dec["fill50"])}
         iso_ms = configs["decode_isolated_roll"]["median_ms"]
         log(f"  decode step alone (bench/decode.py, 1 thread): median {iso_ms:.3f} ms (roll), "
             f"{configs['decode_isolated_fill50']['median_ms']:.3f} ms (fill 50%)")
@@ -234,9 +236,7 @@ class Suite:
             paced_ms = None
             if gap is not None:
                 paced = dec_mod.ort_roll(self.model, "cpu", 1, self.n(300, 1500), gap_ms=gap)
-                configs[f"{name}/decode_alone_gap"] = {
-                    k: paced[k] for k in ("median_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms",
-                                          "steps", "gap_ms")}
+                configs[f"{name}/decode_alone_gap"] = _decode_figures(paced, "gap_ms")
                 paced_ms = paced["median_ms"]
                 log(f"    decode alone after {gap:.2f} ms idle (the jam's median gap): median "
                     f"{paced_ms:.3f} ms")
@@ -258,11 +258,11 @@ class Suite:
     def clock_follow(self) -> dict:
         """`improv jam --clock midi` following a +-1 ms jittered master, and jack_midi_clock
         with the default offset and with the one for a master inside JACK's cycle."""
-        from improv.live.jack_info import half_period_ms
+        from improv.live.jack_info import jack_period_s
 
         follow = load_bench("clock_follow")
         seconds = self.args.iso_seconds
-        half = half_period_ms("UNIX_JACK")
+        half = (jack_period_s() or 0.0) * 1e3 / 2  # what the jam applies on this server
         out: dict = {"configs": {}, "seconds": seconds, "runs": {}, "skipped": {},
                      "half_period_ms": half}
         for name, master, extra in (

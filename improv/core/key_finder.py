@@ -28,7 +28,6 @@ def _profile_matrix() -> np.ndarray:
 _PROFILES = _profile_matrix()  # [24, 12]: rows 0..11 major on C..B, 12..23 minor
 
 
-
 class Key(NamedTuple):
     tonic: int  # pitch class 0..11
     mode: str

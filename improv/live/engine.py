@@ -238,7 +238,7 @@ class Engine:
         self._caches = [self._new_cache(on_device) for _ in range(2)]
         self._times = np.zeros(4096)
         # A step after a pause finds the weights out of cache and costs 2-3x one run flat out
-        # (bench/decode.py --gap-ms): the pause before each step says which figure to compare.
+        # (bench/decode.py's gap rows): the pause before each step says which figure to compare.
         self._gaps = np.zeros(4096)
         self._last_end = time.perf_counter()
         self._n_steps = 0
